@@ -1,0 +1,116 @@
+"""One ``torch.autograd.Function`` for every kernel and backend.
+
+Forward runs the backend's fused forward; backward runs the backend's VJP for exactly the inputs
+that need a gradient. Only the kernel's inputs are saved (never intermediates), so an unrolled
+inner loop of K steps keeps K x (inputs) alive, not K x (every temporary of Adam).
+
+A backward under ``create_graph=True`` (asking for third-order derivatives) runs the eager VJP,
+which is made of differentiable torch ops, whatever backend ran the forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from optcompile.lowering.backends.base import Backend, TensorLists
+from optcompile.lowering.backends.eager import run_vjp
+from optcompile.lowering.kernel import Kernel, Variant
+
+__all__ = ["apply_kernel"]
+
+
+class _RuleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kernel, backend, n_leaves, n_tensor_inputs, *inputs):  # type: ignore[override]
+        tensor_lists, scalars = _unflatten(inputs, n_leaves, n_tensor_inputs)
+        outputs = backend.forward(kernel)(tensor_lists, scalars)
+        ctx.kernel, ctx.backend = kernel, backend
+        ctx.n_leaves, ctx.n_tensor_inputs = n_leaves, n_tensor_inputs
+        ctx.save_for_backward(*inputs)
+        ctx.set_materialize_grads(False)
+        # An output that is one of the inputs (a pass-through) must be a new tensor for autograd.
+        ids = {id(t) for t in inputs}
+        return tuple(t.clone() if id(t) in ids else t for column in outputs for t in column)
+
+    @staticmethod
+    def backward(ctx, *cotangents):  # type: ignore[override]
+        kernel: Kernel = ctx.kernel
+        n_leaves, n_tensor = ctx.n_leaves, ctx.n_tensor_inputs
+        inputs = ctx.saved_tensors
+        tensor_lists, scalars = _unflatten(inputs, n_leaves, n_tensor)
+        needs = ctx.needs_input_grad[4:]
+        n_hypers = len(kernel.ir.hypers)
+        needs_by_input = tuple(
+            any(needs[j * n_leaves : (j + 1) * n_leaves]) for j in range(n_tensor)
+        ) + tuple(needs[n_tensor * n_leaves + k] for k in range(n_hypers))
+        cot_lists = _cotangent_lists(cotangents, n_leaves, tensor_lists[0])
+        variant = Variant(needs_by_input, tuple(c is not None for c in cot_lists))
+        if torch.is_grad_enabled():
+            tensor_grads, scalar_grads = run_vjp(kernel, variant, cot_lists, tensor_lists, scalars)
+        else:
+            tensor_grads, scalar_grads = ctx.backend.vjp(kernel)(
+                variant, cot_lists, tensor_lists, scalars
+            )
+        flat: list = []
+        for j, grads in enumerate(tensor_grads):
+            flat.extend(
+                grads[i] if grads is not None and needs[j * n_leaves + i] else None
+                for i in range(n_leaves)
+            )
+        flat.extend(scalar_grads)
+        flat.extend([None] * (len(scalars) - len(scalar_grads)))  # count: never differentiable
+        return (None, None, None, None, *flat)
+
+
+def _unflatten(
+    inputs: Sequence[torch.Tensor], n_leaves: int, n_tensor: int
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    tensor_lists = [list(inputs[j * n_leaves : (j + 1) * n_leaves]) for j in range(n_tensor)]
+    return tensor_lists, list(inputs[n_tensor * n_leaves :])
+
+
+def _cotangent_lists(
+    cotangents: Sequence[torch.Tensor | None], n_leaves: int, likes: Sequence[torch.Tensor]
+) -> list[list[torch.Tensor] | None]:
+    """Group cotangents by output; an output whose leaves all lack one gets None."""
+    result: list[list[torch.Tensor] | None] = []
+    for k in range(len(cotangents) // n_leaves):
+        column = cotangents[k * n_leaves : (k + 1) * n_leaves]
+        if all(c is None for c in column):
+            result.append(None)
+        else:
+            result.append(
+                [c if c is not None else torch.zeros_like(likes[i]) for i, c in enumerate(column)]
+            )
+    return result
+
+
+def apply_kernel(
+    kernel: Kernel,
+    backend: Backend,
+    tensor_lists: TensorLists,
+    scalars: Sequence[torch.Tensor],
+    *,
+    differentiable: bool,
+) -> list[list[torch.Tensor]]:
+    """Run ``kernel`` on ``backend`` over all leaves; return one list of tensors per output.
+
+    Args:
+        kernel: the rule to run.
+        backend: the backend that runs it.
+        tensor_lists: one list per tensor input (update, state..., params), one tensor per leaf.
+        scalars: one 0-d tensor per scalar input (hyper-parameters, then count).
+        differentiable: record the step for autograd (meta-gradients). When False, or when no
+            input requires grad, the forward runs without building a graph.
+    """
+    n_leaves = len(tensor_lists[0])
+    if n_leaves == 0:
+        return [[] for _ in kernel.ir.outputs]
+    flat = [t for column in tensor_lists for t in column] + list(scalars)
+    if not (differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in flat)):
+        with torch.no_grad():
+            return backend.forward(kernel)(tensor_lists, scalars)
+    outputs = _RuleFunction.apply(kernel, backend, n_leaves, len(tensor_lists), *flat)
+    return [list(outputs[k * n_leaves : (k + 1) * n_leaves]) for k in range(len(kernel.ir.outputs))]

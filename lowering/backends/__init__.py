@@ -1,0 +1,89 @@
+"""Backend registry and selection: ``auto``, ``inductor``, ``native``, ``eager``.
+
+``auto`` picks the first backend, in :data:`AUTO_ORDER`, that supports the kernel on the
+device; when it has to skip one it warns once per (backend, reason) and records the fallback in
+:func:`optcompile.lowering.stats.stats`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from optcompile.lowering.backends.base import Backend
+from optcompile.lowering.backends.eager import EagerBackend
+from optcompile.lowering.kernel import Kernel
+
+__all__ = [
+    "Backend",
+    "BACKENDS",
+    "AUTO_ORDER",
+    "get_backend",
+    "select_backend",
+    "set_default_backend",
+    "default_backend",
+]
+
+BACKENDS: dict[str, Backend] = {"eager": EagerBackend()}
+AUTO_ORDER: list[str] = ["eager"]
+_default = "auto"
+_warned: set[tuple[str, str]] = set()
+FALLBACKS: list[tuple[str, str, str]] = []  # (kernel, skipped backend, reason)
+
+
+def register_backend(backend: Backend, *, auto_position: int | None = None) -> None:
+    """Make ``backend`` selectable by name; ``auto_position`` inserts it into ``auto``'s order."""
+    BACKENDS[backend.name] = backend
+    if auto_position is not None and backend.name not in AUTO_ORDER:
+        AUTO_ORDER.insert(auto_position, backend.name)
+
+
+def _check_name(name: str, argument: str = "backend") -> None:
+    if name != "auto" and name not in BACKENDS:
+        choices = ", ".join(repr(n) for n in ["auto", *BACKENDS])
+        raise ValueError(f"{argument}={name!r} is not a backend; expected one of {choices}")
+
+
+def set_default_backend(name: str) -> None:
+    """Set the process-wide backend used where a transform says ``backend=None``."""
+    global _default
+    _check_name(name)
+    _default = name
+
+
+def default_backend() -> str:
+    """The process-wide default backend name (``"auto"`` unless changed)."""
+    return _default
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered under ``name`` (not ``"auto"``)."""
+    _check_name(name)
+    return BACKENDS[name]
+
+
+def select_backend(name: str | None, kernel: Kernel, device: torch.device) -> Backend:
+    """The backend that runs ``kernel`` on ``device`` for the requested ``name``.
+
+    An explicit name that cannot run the kernel falls back like ``auto`` does, with a warning
+    that says why; ``eager`` always works.
+    """
+    name = _default if name is None else name
+    _check_name(name)
+    order = AUTO_ORDER if name == "auto" else [name, *(n for n in AUTO_ORDER if n != name)]
+    for candidate in order:
+        backend = BACKENDS[candidate]
+        reason = backend.supports(kernel, device)
+        if reason is None:
+            return backend
+        FALLBACKS.append((kernel.name, candidate, reason))
+        if (candidate, reason) not in _warned and (name != "auto" or candidate != "native"):
+            _warned.add((candidate, reason))
+            warnings.warn(
+                f"optcompile: backend {candidate!r} cannot run {kernel.name} on {device}: "
+                f"{reason}; falling back",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return BACKENDS["eager"]

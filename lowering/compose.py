@@ -1,0 +1,57 @@
+"""Fusing rules: the outputs of one rule substituted into the next, giving one rule.
+
+``compose([a, b])`` is the rule whose update is ``b(a(g))``: every symbol of member ``i`` is
+renamed with the prefix ``s<i>_`` so that two members may both own a ``mu``; ``params`` and
+``count`` are shared, since a chain's members see the same parameters and step together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sympy
+
+from optcompile.lowering.trace import RuleIR
+
+__all__ = ["compose"]
+
+
+def _renamed(ir: RuleIR, prefix: str) -> RuleIR:
+    mapping = {
+        s: sympy.Symbol(prefix + s.name, real=True) for s in (ir.update, *ir.state, *ir.hypers)
+    }
+    return RuleIR(
+        name=ir.name,
+        update=mapping[ir.update],
+        state=tuple(mapping[s] for s in ir.state),
+        hypers=tuple(mapping[h] for h in ir.hypers),
+        params=ir.params,
+        count=ir.count,
+        outputs=tuple(out.xreplace(mapping) for out in ir.outputs),
+    )
+
+
+def compose(irs: Sequence[RuleIR], name: str) -> RuleIR:
+    """The single rule equal to applying ``irs`` one after another.
+
+    Its state buffers, hyper-parameters (and so its kernel's inputs) are the members' in order.
+    """
+    members = [_renamed(ir, f"s{i}_") for i, ir in enumerate(irs)]
+    update_expr: sympy.Expr = members[0].update
+    state_outputs: list[sympy.Expr] = []
+    for member in members:
+        substitution = {member.update: update_expr}
+        new_update, *new_state = (out.xreplace(substitution) for out in member.outputs)
+        update_expr = new_update
+        state_outputs.extend(new_state)
+    params = next((m.params for m in members if m.params is not None), None)
+    count = next((m.count for m in members if m.count is not None), None)
+    return RuleIR(
+        name=name,
+        update=members[0].update,
+        state=tuple(s for m in members for s in m.state),
+        hypers=tuple(h for m in members for h in m.hypers),
+        params=params,
+        count=count,
+        outputs=(update_expr, *state_outputs),
+    )

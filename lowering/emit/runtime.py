@@ -1,0 +1,87 @@
+"""The helpers that generated code calls, so that it works on tensors and on Python numbers.
+
+Generated code runs both eagerly and under ``torch.compile``; every helper is plain torch code
+that Dynamo traces without graph breaks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Value = torch.Tensor | float
+
+
+def sqrt(x: Value) -> Value:
+    return torch.sqrt(x) if isinstance(x, torch.Tensor) else math.sqrt(x)
+
+
+def sqrt_grad(x: Value) -> Value:
+    """``1/(2 sqrt(x))`` for x > 0, else 0; the inner where keeps rsqrt away from 0 (no inf)."""
+    if not isinstance(x, torch.Tensor):
+        return 0.5 / math.sqrt(x) if x > 0 else 0.0
+    positive = x > 0
+    return torch.where(positive, 0.5 * torch.rsqrt(torch.where(positive, x, 1.0)), 0.0)
+
+
+def abs(x: Value) -> Value:  # noqa: A001 - mirrors the rule function's name
+    return torch.abs(x) if isinstance(x, torch.Tensor) else math.fabs(x)
+
+
+def sign(x: Value) -> Value:
+    if isinstance(x, torch.Tensor):
+        return torch.sign(x)
+    return float((x > 0) - (x < 0))
+
+
+def exp(x: Value) -> Value:
+    return torch.exp(x) if isinstance(x, torch.Tensor) else math.exp(x)
+
+
+def log(x: Value) -> Value:
+    return torch.log(x) if isinstance(x, torch.Tensor) else math.log(x)
+
+
+def _as_tensors(a: Value, b: Value) -> tuple[torch.Tensor, torch.Tensor]:
+    ref = a if isinstance(a, torch.Tensor) else b
+    if not isinstance(a, torch.Tensor):
+        a = torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
+    if not isinstance(b, torch.Tensor):
+        b = torch.as_tensor(b, dtype=ref.dtype, device=ref.device)
+    return a, b
+
+
+def maximum(a: Value, b: Value) -> Value:
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        return max(a, b)
+    return torch.maximum(*_as_tensors(a, b))
+
+
+def minimum(a: Value, b: Value) -> Value:
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        return min(a, b)
+    return torch.minimum(*_as_tensors(a, b))
+
+
+def max_tie_grad(a: Value, b: Value) -> Value:
+    """d max(a, b) / da: 1 where a > b, 1/2 at a tie, 0 elsewhere."""
+    return where(a > b, 1.0, where(a == b, 0.5, 0.0))
+
+
+def where(condition: torch.Tensor | bool, if_true: Value, if_false: Value) -> Value:
+    if not isinstance(condition, torch.Tensor):
+        return if_true if condition else if_false
+    return torch.where(condition, if_true, if_false)
+
+
+def broadcast_like(value: Value, like: torch.Tensor) -> torch.Tensor:
+    """An output that does not depend on any tensor input, given the shape of ``like``."""
+    return torch.zeros_like(like) + value
+
+
+def sum_all(value: Value, like: torch.Tensor) -> torch.Tensor:
+    """The cotangent of a scalar input: the elementwise cotangent summed over ``like``'s shape."""
+    if isinstance(value, torch.Tensor) and value.shape == like.shape:
+        return value.sum()
+    return (torch.zeros_like(like) + value).sum()

@@ -1,0 +1,98 @@
+"""optcompile: differentiable optimizers whose update rules are declared once, symbolically.
+
+Drop-in for TorchOpt (``import optcompile as torchopt``): every elementwise rule's backward is
+derived symbolically with NaN-safe conventions, and forward and backward run as fused kernels.
+"""
+
+from optcompile import (
+    alias,
+    base,
+    clip,
+    combine,
+    hook,
+    optim,
+    schedule,
+    state,
+    sym,
+    transform,
+    update,
+    visual,
+)
+from optcompile.accelerated_op import accelerated_op_available
+from optcompile.alias import adadelta, adagrad, adam, adamax, adamw, radam, rmsprop, sgd
+from optcompile.base import EmptyState, GradientTransformation, UninitializedState, identity
+from optcompile.combine import ChainedGradientTransformation, chain, explain
+from optcompile.errors import (
+    HyperparameterError,
+    InternalError,
+    LoweringError,
+    OptCompileError,
+    RuleError,
+)
+from optcompile.lowering.backends import default_backend, set_default_backend
+from optcompile.optim import (
+    SGD,
+    AdaDelta,
+    Adadelta,
+    AdaGrad,
+    Adagrad,
+    Adam,
+    AdaMax,
+    Adamax,
+    AdamW,
+    FuncOptimizer,
+    MetaAdaDelta,
+    MetaAdadelta,
+    MetaAdaGrad,
+    MetaAdagrad,
+    MetaAdam,
+    MetaAdaMax,
+    MetaAdamax,
+    MetaAdamW,
+    MetaOptimizer,
+    MetaRAdam,
+    MetaRMSProp,
+    MetaRMSprop,
+    MetaSGD,
+    Optimizer,
+    RAdam,
+    RMSProp,
+    RMSprop,
+)
+from optcompile.rule import Rule, rule
+from optcompile.state import (
+    ModuleState,
+    extract_state_dict,
+    module_clone,
+    module_detach_,
+    recover_state_dict,
+    stop_gradient,
+)
+from optcompile.update import apply_updates
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # declaring rules
+    "rule", "Rule", "sym", "explain",
+    # functional API
+    "GradientTransformation", "ChainedGradientTransformation", "EmptyState", "UninitializedState",
+    "identity", "chain", "apply_updates",
+    "sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop",
+    # optimizer objects
+    "Optimizer", "FuncOptimizer", "MetaOptimizer",
+    "SGD", "Adam", "AdamW", "Adamax", "AdaMax", "Adagrad", "AdaGrad", "Adadelta", "AdaDelta",
+    "RAdam", "RMSprop", "RMSProp",
+    "MetaSGD", "MetaAdam", "MetaAdamW", "MetaAdamax", "MetaAdaMax", "MetaAdagrad", "MetaAdaGrad",
+    "MetaAdadelta", "MetaAdaDelta", "MetaRAdam", "MetaRMSprop", "MetaRMSProp",
+    # state utilities
+    "ModuleState", "extract_state_dict", "recover_state_dict", "stop_gradient", "module_clone",
+    "module_detach_",
+    # backends
+    "accelerated_op_available", "set_default_backend", "default_backend",
+    # errors
+    "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
+    # submodules
+    "alias", "base", "clip", "combine", "hook", "optim", "schedule", "state", "transform",
+    "update", "visual",
+]  # fmt: skip

@@ -1,0 +1,359 @@
+"""TorchOpt's functional optimizers, each a chain of rules that runs as one fused kernel.
+
+Every alias ends with ``scale_by_neg_lr``: the update returned is the delta to add to the
+parameters (``apply_updates``). ``lr`` may be a number, a 0-d tensor (``requires_grad=True``
+gives its hypergradient) or a schedule ``count -> lr``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+
+from optcompile.base import GradientTransformation
+from optcompile.combine import ChainedGradientTransformation
+from optcompile.errors import HyperparameterError
+from optcompile.rules import adam as _adam
+from optcompile.rules import rms as _rms
+from optcompile.rules import sgd as _sgd
+from optcompile import transform as _transform
+from optcompile.rules.basic import flip_sign_and_add_weight_decay, scale_by_neg_lr
+from optcompile.fused import from_rule
+
+__all__ = ["sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop"]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach().reshape(()))
+    return None
+
+
+def _check(name: str, value: Any, low: float, high: float = float("inf"), *,
+           high_open: bool = False) -> None:
+    """Raise HyperparameterError naming ``name`` unless ``low <= value <= high`` (or < high)."""
+    number = _number(value)
+    if number is None:
+        if callable(value) and not isinstance(value, torch.Tensor):
+            return  # a schedule: its values are not known in advance
+        raise TypeError(f"{name}={value!r} must be a real number or a 0-d tensor")
+    above = number >= low
+    below = number < high if high_open else number <= high
+    if not (above and below):
+        domain = f"[{low:g}, {high:g}{')' if high_open else ']'}" if high != float("inf") else (
+            f">= {low:g}"
+        )
+        raise HyperparameterError(name, value, domain)
+
+
+def _check_betas(betas: Any) -> tuple[Any, Any]:
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise TypeError(f"betas={betas!r} must be a pair (beta1, beta2)")
+    _check("betas[0]", betas[0], 0.0, 1.0, high_open=True)
+    _check("betas[1]", betas[1], 0.0, 1.0, high_open=True)
+    return betas[0], betas[1]
+
+
+def _is_zero(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and value == 0
+
+
+def _chain(*members: GradientTransformation | None) -> ChainedGradientTransformation:
+    # Always a chain (even of one member): TorchOpt's aliases have tuple states, which the seed
+    # prints as `((EmptyState(),),)` for MetaSGD.
+    return ChainedGradientTransformation(*(m for m in members if m is not None))
+
+
+def _flip_and_decay(weight_decay: Any, maximize: bool, backend: str | None):
+    if _is_zero(weight_decay) and not maximize:
+        return None
+    return from_rule(
+        flip_sign_and_add_weight_decay,
+        weight_decay=weight_decay,
+        sign=-1.0 if maximize else 1.0,
+        backend=backend,
+    )
+
+
+def _neg_lr(lr: Any, backend: str | None):
+    return from_rule(scale_by_neg_lr, lr=lr, backend=backend)
+
+
+def sgd(
+    lr: Any,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    *,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    backend: str | None = None,
+) -> ChainedGradientTransformation:
+    r"""Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``.
+
+    .. math:: b_t = \mu b_{t-1} + (1-\tau)(g + \lambda p) \;(b_1 = g_1 + \lambda p), \quad
+        \Delta p = -\eta\, b_t \;\text{or}\; -\eta (g + \mu b_t) \text{ (Nesterov)}
+
+    Raises:
+        HyperparameterError: a negative lr, momentum or weight_decay; dampening outside [0, 1].
+        ValueError: nesterov without momentum, or with dampening.
+    """
+    _check("lr", lr, 0.0)
+    _check("momentum", momentum, 0.0)
+    _check("dampening", dampening, 0.0, 1.0)
+    _check("weight_decay", weight_decay, 0.0)
+    if nesterov and (_number(momentum) == 0 or _number(dampening) != 0):
+        raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
+    momentum_tx = None
+    if not _is_zero(momentum):
+        rule = _sgd.trace_nesterov if nesterov else _sgd.trace
+        momentum_tx = from_rule(
+            rule,
+            momentum=momentum,
+            dampening=dampening,
+            moment_requires_grad=moment_requires_grad,
+            backend=backend,
+        )
+    return _chain(_flip_and_decay(weight_decay, maximize, backend), momentum_tx, _neg_lr(lr, backend))
+
+
+def adam(
+    lr: Any = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    eps_root: float = 0.0,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    use_accelerated_op: bool = False,
+    backend: str | None = None,
+) -> ChainedGradientTransformation:
+    r"""Adam (Kingma & Ba, 2014) with L2 weight decay added to the gradient, as ``torch.optim.Adam``.
+
+    .. math:: \Delta p = -\eta \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+
+    ``use_accelerated_op=True`` asks for the native C++/CUDA kernel (``backend="native"``); the
+    numbers are the same on every backend, and the backward is NaN-safe on all of them.
+    """
+    b1, b2 = _check_betas(betas)
+    _check("lr", lr, 0.0)
+    _check("eps", eps, 0.0)
+    _check("eps_root", eps_root, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    backend = _accelerated(use_accelerated_op, backend)
+    return _chain(
+        _flip_and_decay(weight_decay, maximize, backend),
+        from_rule(
+            _adam.scale_by_adam,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            moment_requires_grad=moment_requires_grad,
+            backend=backend,
+        ),
+        _neg_lr(lr, backend),
+    )
+
+
+def adamw(
+    lr: Any = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    *,
+    eps_root: float = 0.0,
+    mask: Any = None,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    use_accelerated_op: bool = False,
+    backend: str | None = None,
+) -> ChainedGradientTransformation:
+    r"""AdamW (Loshchilov & Hutter, 2019): decoupled weight decay, as ``torch.optim.AdamW``.
+
+    .. math:: \Delta p = -\eta \left(\frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+        + \lambda p\right)
+
+    ``mask`` (a pytree of bools like the params, or a callable params -> such a tree) limits the
+    decay to the leaves where it is True.
+    """
+    b1, b2 = _check_betas(betas)
+    _check("lr", lr, 0.0)
+    _check("eps", eps, 0.0)
+    _check("eps_root", eps_root, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    backend = _accelerated(use_accelerated_op, backend)
+    decay = None
+    if mask is not None or not _is_zero(weight_decay):
+        decay = _transform.add_decayed_weights(weight_decay, mask, backend=backend)
+    return _chain(
+        _flip_and_decay(0.0, maximize, backend),
+        from_rule(
+            _adam.scale_by_adam,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            moment_requires_grad=moment_requires_grad,
+            backend=backend,
+        ),
+        decay,
+        _neg_lr(lr, backend),
+    )
+
+
+def _accelerated(use_accelerated_op: bool, backend: str | None) -> str | None:
+    if use_accelerated_op and backend is None:
+        return "native"
+    return backend
+
+
+def adamax(
+    lr: Any = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    moment_requires_grad: bool = False,
+    backend: str | None = None,
+) -> ChainedGradientTransformation:
+    r"""AdaMax (Kingma & Ba, 2014), as ``torch.optim.Adamax``."""
+    b1, b2 = _check_betas(betas)
+    _check("lr", lr, 0.0)
+    _check("eps", eps, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    return _chain(
+        _flip_and_decay(weight_decay, False, backend),
+        from_rule(
+            _adam.scale_by_adamax,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            moment_requires_grad=moment_requires_grad,
+            backend=backend,
+        ),
+        _neg_lr(lr, backend),
+    )
+
+
+def radam(
+    lr: Any = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    moment_requires_grad: bool = False,
+    backend: str | None = None,
+) -> ChainedGradientTransformation:
+    r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``."""
+    b1, b2 = _check_betas(betas)
+    _check("lr", lr, 0.0)
+    _check("eps", eps, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    return _chain(
+        _flip_and_decay(weight_decay, False, backend),
+        from_rule(
+            _adam.scale_by_radam,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            moment_requires_grad=moment_requires_grad,
+            backend=backend,
+        ),
+        _neg_lr(lr, backend),
+    )
+
+
+def adagrad(
+    lr: Any = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    maximize: bool = False,
+    backend: str | None = None,
+) -> ChainedGradientTransformation:
+    r"""AdaGrad (Duchi et al., 2011), as ``torch.optim.Adagrad``."""
+    _check("lr", lr, 0.0)
+    _check("lr_decay", lr_decay, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    _check("initial_accumulator_value", initial_accumulator_value, 0.0)
+    _check("eps", eps, 0.0)
+    return _chain(
+        _flip_and_decay(weight_decay, maximize, backend),
+        from_rule(
+            _rms.scale_by_rss,
+            eps=eps,
+            lr_decay=lr_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            backend=backend,
+        ),
+        _neg_lr(lr, backend),
+    )
+
+
+def adadelta(
+    lr: Any = 1e-3,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    moment_requires_grad: bool = False,
+    backend: str | None = None,
+) -> ChainedGradientTransformation:
+    r"""AdaDelta (Zeiler, 2012), as ``torch.optim.Adadelta``."""
+    _check("lr", lr, 0.0)
+    _check("rho", rho, 0.0, 1.0)
+    _check("eps", eps, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    return _chain(
+        _flip_and_decay(weight_decay, False, backend),
+        from_rule(
+            _rms.scale_by_adadelta,
+            rho=rho,
+            eps=eps,
+            moment_requires_grad=moment_requires_grad,
+            backend=backend,
+        ),
+        _neg_lr(lr, backend),
+    )
+
+
+def rmsprop(
+    lr: Any = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    *,
+    initial_scale: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    backend: str | None = None,
+) -> ChainedGradientTransformation:
+    r"""RMSProp (Tieleman & Hinton, 2012), plain or centred, with momentum; as ``torch.optim.RMSprop``."""
+    _check("lr", lr, 0.0)
+    _check("alpha", alpha, 0.0, 1.0)
+    _check("eps", eps, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    _check("momentum", momentum, 0.0)
+    _check("initial_scale", initial_scale, 0.0)
+    scaler = _rms.scale_by_stddev if centered else _rms.scale_by_rms
+    momentum_tx = None
+    if not _is_zero(momentum):
+        rule = _sgd.trace_nesterov if nesterov else _sgd.trace
+        momentum_tx = from_rule(rule, momentum=momentum, backend=backend)
+    return _chain(
+        _flip_and_decay(weight_decay, maximize, backend),
+        from_rule(scaler, alpha=alpha, eps=eps, initial_scale=initial_scale, backend=backend),
+        momentum_tx,
+        _neg_lr(lr, backend),
+    )

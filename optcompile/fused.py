@@ -1,0 +1,345 @@
+"""Transforms built from rules: ``from_rule`` and the fused runtime behind every rule transform.
+
+A :class:`RuleTransformation` is a :class:`~optcompile.base.GradientTransformation` made of one
+or more rules (*members*) that run as **one** kernel per step for all parameter tensors. ``chain``
+concatenates the members of adjacent rule transformations, so a whole chain of elementwise
+pieces is one forward and one backward.
+
+Hyper-parameter values are numbers, 0-d tensors (``requires_grad=True`` gives a hypergradient),
+schedules ``count -> value``, or an :class:`UpdatesStatistic` (a scalar computed from the
+incoming updates, e.g. a global-norm clip coefficient; only on a unit's first member, where the
+incoming updates exist as tensors). Every value reaches the kernel as a 0-d tensor, never as a
+baked constant, so changing it never rebuilds a kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optree
+import torch
+
+from optcompile.base import GradientTransformation
+from optcompile.lowering.autograd import apply_kernel
+from optcompile.lowering.backends import _check_name, select_backend
+from optcompile.lowering.compose import compose
+from optcompile.lowering.kernel import Kernel
+from optcompile.rule import Rule
+
+__all__ = ["RuleTransformation", "UpdatesStatistic", "from_rule", "Member"]
+
+
+@dataclass(frozen=True)
+class UpdatesStatistic:
+    """A hyper-parameter computed from the incoming update tensors at each step.
+
+    Attributes:
+        fn: maps the list of update tensors to a 0-d tensor; it is evaluated without gradient
+            (the statistic is a constant to autograd, as in TorchOpt's ``clip_grad_norm``).
+        description: shown by :func:`optcompile.explain`.
+    """
+
+    fn: Callable[[list[torch.Tensor]], torch.Tensor]
+    description: str
+
+
+@dataclass(frozen=True)
+class Member:
+    """One rule inside a (possibly fused) transformation, with its hyper-parameter values."""
+
+    rule: Rule
+    hypers: tuple[tuple[str, Any], ...]
+    moment_requires_grad: bool = False
+
+    def uses_statistic(self) -> bool:
+        return any(isinstance(v, UpdatesStatistic) for _, v in self.hypers)
+
+    @property
+    def state_type(self) -> type:
+        """The rule's state type, with a step ``count`` when the rule or a schedule needs one."""
+        needs_count = self.rule.ir.count is not None or any(
+            _is_schedule(v) for _, v in self.hypers
+        )
+        return self.rule.state_type_for(needs_count)
+
+
+def _is_schedule(value: Any) -> bool:
+    return callable(value) and not isinstance(value, torch.Tensor | UpdatesStatistic)
+
+
+@functools.lru_cache(maxsize=256)
+def _fused_kernel(rules: tuple[Rule, ...]) -> Kernel:
+    if len(rules) == 1:
+        return rules[0].kernel
+    return Kernel(compose([r.ir for r in rules], name="+".join(r.name for r in rules)))
+
+
+class RuleTransformation(GradientTransformation):
+    """A GradientTransformation whose members are rules, run as one fused kernel.
+
+    Standalone, its state is the member's state (one member) or a tuple of member states.
+    """
+
+    members: tuple[Member, ...]
+    backend: str | None
+
+    def __new__(cls, members: Sequence[Member], backend: str | None) -> RuleTransformation:
+        members = tuple(members)
+        single = len(members) == 1
+
+        def init(params: Any) -> Any:
+            states = _init_states(members, params)
+            return states[0] if single else tuple(states)
+
+        def update(
+            updates: Any, state: Any, *, params: Any = None, inplace: bool = True
+        ) -> tuple[Any, Any]:
+            states = [state] if single else _as_tuple(state, len(members))
+            new_updates, new_states = self.update_states(
+                updates, states, params=params, inplace=inplace
+            )
+            return new_updates, (new_states[0] if single else tuple(new_states))
+
+        self = super().__new__(cls, init, update)
+        self.members = members
+        self.backend = backend
+        return self
+
+    @property
+    def kernel(self) -> Kernel:
+        """The fused kernel of all members."""
+        return _fused_kernel(tuple(m.rule for m in self.members))
+
+    def init_states(self, params: Any) -> list[Any]:
+        """One initial state per member."""
+        return _init_states(self.members, params)
+
+    def update_states(
+        self, updates: Any, states: Sequence[Any], *, params: Any = None, inplace: bool = True
+    ) -> tuple[Any, list[Any]]:
+        """Run one fused step; ``states`` holds one state per member."""
+        return _step(self, updates, list(states), params, inplace)
+
+    def __repr__(self) -> str:
+        return f"RuleTransformation({' -> '.join(m.rule.name for m in self.members)})"
+
+    def __reduce__(self) -> tuple:
+        return (RuleTransformation, (self.members, self.backend))
+
+
+def _as_tuple(state: Any, n: int) -> tuple:
+    if not isinstance(state, tuple) or len(state) != n or _is_namedtuple(state):
+        raise ValueError(
+            f"state: expected a tuple of {n} member states (what init() returned), got "
+            f"{type(state).__name__}; call init(params) first"
+        )
+    return state
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def from_rule(
+    rule: Rule,
+    *,
+    backend: str | None = None,
+    moment_requires_grad: bool = False,
+    **hypers: Any,
+) -> RuleTransformation:
+    """The transformation that applies ``rule`` with these hyper-parameter values.
+
+    Args:
+        rule: the declared rule.
+        backend: ``"auto"``, ``"inductor"``, ``"native"``, ``"eager"`` or None (process default).
+        moment_requires_grad: create the state buffers with ``requires_grad=True`` so that
+            meta-gradients also reach the initial moments.
+        **hypers: values for the rule's hyper-parameters (others keep their defaults).
+
+    Raises:
+        TypeError: an unknown hyper-parameter or a value of the wrong type.
+        HyperparameterError: a value outside its declared domain.
+    """
+    if backend is not None:
+        _check_name(backend)
+    values: dict[str, Any] = dict(rule.defaults)
+    for name, value in hypers.items():
+        if name not in rule.defaults:
+            known = ", ".join(rule.defaults) or "none"
+            raise TypeError(
+                f"{rule.name}() got an unexpected hyper-parameter {name!r}; its hyper-parameters "
+                f"are: {known}"
+            )
+        values[name] = _check_value(rule, name, value)
+    member = Member(rule, tuple(values.items()), bool(moment_requires_grad))
+    return RuleTransformation([member], backend)
+
+
+def _check_value(rule: Rule, name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Real | torch.Tensor | UpdatesStatistic) or callable(value)
+    ):
+        raise TypeError(
+            f"{rule.name}: {name}={value!r} must be a real number, a 0-d tensor or a schedule "
+            f"(a callable of the step count)"
+        )
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise TypeError(
+                f"{rule.name}: {name} must be a floating 0-d tensor, got shape "
+                f"{tuple(value.shape)} dtype {value.dtype}"
+            )
+    if name in rule.domains:
+        rule.domains[name].validate(name, value)
+    return value
+
+
+def _leaves(tree: Any) -> tuple[list, Any]:
+    return optree.tree_flatten(tree, none_is_leaf=True)
+
+
+def _init_states(members: Sequence[Member], params: Any) -> list[Any]:
+    leaves, _ = _leaves(params)
+    for i, leaf in enumerate(leaves):
+        if leaf is not None and not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"params: leaf {i} is {type(leaf).__name__}, expected a tensor")
+    states = []
+    for member in members:
+        rule, hypers = member.rule, dict(member.hypers)
+        fields: dict[str, Any] = {}
+        for symbol in rule.ir.state:
+            fill = rule.init.get(symbol.name, 0.0)
+            value = hypers[fill] if isinstance(fill, str) else fill
+            if isinstance(value, torch.Tensor):
+                value = float(value.detach())
+            fields[symbol.name] = [
+                None
+                if p is None
+                else torch.full_like(p, value, memory_format=torch.preserve_format)
+                .detach()
+                .requires_grad_(member.moment_requires_grad)
+                for p in leaves
+            ]
+        if "count" in member.state_type._fields:
+            fields["count"] = torch.zeros((), dtype=torch.int64)
+        states.append(member.state_type(**fields))
+    return states
+
+
+def _check_state(member: Member, state: Any, n_leaves: int) -> None:
+    expected = member.state_type
+    if type(state) is not expected:
+        raise ValueError(
+            f"state: {member.rule.name} expects a {expected.__name__}, got "
+            f"{type(state).__name__} (a state from another optimizer, or init() not called?)"
+        )
+    for name in state._fields:
+        if name != "count" and len(getattr(state, name)) != n_leaves:
+            raise ValueError(
+                f"state: {expected.__name__}.{name} holds {len(getattr(state, name))} tensors "
+                f"but the updates have {n_leaves}; the state was initialised for other params"
+            )
+
+
+def _scalar(value: Any, count: torch.Tensor | None, updates: list, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.reshape(()) if value.device == device else value.reshape(()).to(device)
+    if isinstance(value, UpdatesStatistic):
+        with torch.no_grad():
+            return value.fn(updates).to(device=device, dtype=torch.float64).reshape(())
+    if callable(value):
+        step = count if count is not None else torch.zeros((), dtype=torch.int64)
+        value = value(step)
+        if isinstance(value, torch.Tensor):
+            return value.to(device=device, dtype=torch.float64).reshape(())
+    return _constant(float(value), device)
+
+
+@functools.lru_cache(maxsize=1024)
+def _constant(value: float, device: torch.device) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float64, device=device)
+
+
+def _step(
+    tx: RuleTransformation, updates: Any, states: list[Any], params: Any, inplace: bool
+) -> tuple[Any, list[Any]]:
+    members = tx.members
+    if len(states) != len(members):
+        raise ValueError(f"state: expected {len(members)} member states, got {len(states)}")
+    leaves, spec = _leaves(updates)
+    for member, state in zip(members, states, strict=True):
+        _check_state(member, state, len(leaves))
+    active = [i for i, u in enumerate(leaves) if u is not None]
+    for i in active:
+        if not isinstance(leaves[i], torch.Tensor) or not leaves[i].is_floating_point():
+            kind = leaves[i].dtype if isinstance(leaves[i], torch.Tensor) else type(leaves[i])
+            raise TypeError(
+                f"updates: leaf {i} is {kind}; optcompile transforms need floating-point tensors"
+            )
+    if not active:
+        return updates, states
+    kernel = tx.kernel
+    ir = kernel.ir
+    g = [leaves[i] for i in active]
+    device = g[0].device
+    buffers = [
+        [getattr(state, b.name)[i] for i in active]
+        for member, state in zip(members, states, strict=True)
+        for b in member.rule.ir.state
+    ]
+    tensor_lists = [g, *buffers]
+    if ir.params is not None:
+        if params is None:
+            raise ValueError(
+                f"{kernel.name} reads the parameters: pass params= to update() "
+                f"(e.g. tx.update(grads, state, params=params))"
+            )
+        p_leaves, _ = _leaves(params)
+        if len(p_leaves) != len(leaves):
+            raise ValueError(
+                f"params: {len(p_leaves)} tensors, but the updates have {len(leaves)}"
+            )
+        tensor_lists.append([p_leaves[i] for i in active])
+    counts = [getattr(s, "count", None) for s in states]
+    scalars = []
+    for member, count in zip(members, counts, strict=True):
+        scalars += [_scalar(v, count, g, device) for _, v in member.hypers]
+    if ir.count is not None:
+        # Members of a chain step together, so the first member that reads count speaks for all.
+        shared = next(c for m, c in zip(members, counts, strict=True) if m.rule.ir.count is not None)
+        scalars.append((shared + 1).to(device=device, dtype=torch.float64))
+    backend = select_backend(tx.backend, kernel, device)
+    outputs = apply_kernel(kernel, backend, tensor_lists, scalars, differentiable=not inplace)
+    _restore_dtypes(outputs, tensor_lists)
+    new_leaves = list(leaves)
+    for j, i in enumerate(active):
+        new_leaves[i] = outputs[0][j]
+    new_states, k = [], 1
+    for member, state in zip(members, states, strict=True):
+        fields = {}
+        for b in member.rule.ir.state:
+            column = list(getattr(state, b.name))
+            for j, i in enumerate(active):
+                column[i] = outputs[k][j]
+            fields[b.name] = column
+            k += 1
+        if "count" in state._fields:
+            fields["count"] = state.count + 1
+        new_states.append(type(state)(**fields) if fields else state)
+    return optree.tree_unflatten(spec, new_leaves), new_states
+
+
+def _restore_dtypes(outputs: list[list[torch.Tensor]], tensor_lists: list[list[torch.Tensor]]) -> None:
+    """Give each output its input's dtype again.
+
+    Scalars enter kernels as float64 0-d tensors; against a tensor with dimensions they never
+    change its dtype, but a 0-d parameter (all operands 0-d) would be promoted to float64.
+    """
+    for column, like in zip(outputs, tensor_lists, strict=False):
+        for j, (out, ref) in enumerate(zip(column, like, strict=True)):
+            if out.dtype != ref.dtype:
+                column[j] = out.to(ref.dtype)

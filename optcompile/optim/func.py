@@ -1,0 +1,54 @@
+"""``FuncOptimizer``: differentiable steps on explicit parameter tensors (functional style)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from optcompile.base import GradientTransformation, UninitializedState
+from optcompile.optim.base import _check_impl
+from optcompile.update import apply_updates
+
+__all__ = ["FuncOptimizer"]
+
+
+class FuncOptimizer:
+    """``new_params = opt.step(loss, params)`` with the state kept inside the object.
+
+    Args:
+        impl: the transformation.
+        inplace: update in place (not differentiable); the default False keeps the graph.
+    """
+
+    def __init__(self, impl: GradientTransformation, *, inplace: bool = False) -> None:
+        self.impl = _check_impl(impl)
+        self.inplace = bool(inplace)
+        self.optim_state: Any = UninitializedState()
+
+    def step(self, loss: torch.Tensor, params: Any, inplace: bool | None = None) -> Any:
+        """Differentiate ``loss`` w.r.t. ``params`` and return the updated parameters."""
+        inplace = self.inplace if inplace is None else inplace
+        if isinstance(params, torch.Tensor):
+            params = (params,)
+            single = True
+        else:
+            params, single = tuple(params), False
+        if isinstance(self.optim_state, UninitializedState):
+            self.optim_state = self.impl.init(params)
+        grads = torch.autograd.grad(
+            loss, params, create_graph=not inplace, allow_unused=True
+        )
+        updates, self.optim_state = self.impl.update(
+            grads, self.optim_state, params=params, inplace=inplace
+        )
+        new_params = apply_updates(params, updates, inplace=inplace)
+        return new_params[0] if single else new_params
+
+    def state_dict(self) -> Any:
+        """The transformation state."""
+        return self.optim_state
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        """Replace the transformation state."""
+        self.optim_state = state_dict

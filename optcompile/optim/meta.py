@@ -1,0 +1,117 @@
+"""``MetaOptimizer``: differentiable steps on an ``nn.Module``, for bilevel optimisation.
+
+``step(loss)`` differentiates the loss with ``create_graph=True``, runs the fused rule without
+in-place updates, and writes the new, graph-carrying tensors back into the module's
+``_parameters`` dicts. An outer ``backward()`` then flows through every inner step into the
+meta-parameters (and, with ``moment_requires_grad``, into the initial moments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from optcompile.base import GradientTransformation
+from optcompile.optim.base import _check_impl, _check_state_groups
+from optcompile.update import apply_updates
+
+__all__ = ["MetaOptimizer"]
+
+
+def _trainable_slots(module: nn.Module) -> tuple[tuple[dict, str], ...]:
+    """(container, name) of every parameter that requires grad, in ``modules()`` order."""
+    slots = []
+    for submodule in module.modules():
+        container = submodule._parameters
+        for name, value in container.items():
+            if value is not None and value.requires_grad:
+                slots.append((container, name))
+    return tuple(slots)
+
+
+class MetaOptimizer:
+    """A differentiable optimizer over a module's parameters.
+
+    Args:
+        module: the network whose parameters the inner loop updates.
+        impl: the transformation (e.g. ``optcompile.sgd(lr=1.0)``).
+
+    Attributes:
+        param_containers_groups: per group, the ``_parameters`` dicts it writes into.
+        state_groups: per group, the transformation's state.
+    """
+
+    def __init__(self, module: nn.Module, impl: GradientTransformation) -> None:
+        self.impl = _check_impl(impl)
+        self.param_slots_groups: list[tuple[tuple[dict, str], ...]] = []
+        self.state_groups: list[Any] = []
+        self.add_param_group(module)
+
+    @property
+    def param_containers_groups(self) -> list[tuple[dict, ...]]:
+        unique = []
+        for slots in self.param_slots_groups:
+            seen: dict[int, dict] = {}
+            for container, _ in slots:
+                seen.setdefault(id(container), container)
+            unique.append(tuple(seen.values()))
+        return unique
+
+    def add_param_group(self, module: nn.Module) -> None:
+        """Add the trainable parameters of ``module`` as a new group."""
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        slots = _trainable_slots(module)
+        if not slots:
+            raise ValueError(
+                f"module {type(module).__name__} has no parameter that requires grad; a "
+                f"MetaOptimizer needs at least one"
+            )
+        self.param_slots_groups.append(slots)
+        self.state_groups.append(self.impl.init(tuple(c[n] for c, n in slots)))
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One differentiable update of every group from ``loss``.
+
+        Raises:
+            ValueError: ``loss`` is not a scalar tensor that requires grad (the module is left
+                unchanged).
+        """
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(
+                f"loss must be a scalar tensor, got {shape}; reduce it first (e.g. loss.mean())"
+            )
+        if not loss.requires_grad:
+            raise ValueError(
+                "loss does not require grad: it was computed without the module's parameters "
+                "or under torch.no_grad()"
+            )
+        new_groups = []
+        for slots, state in zip(self.param_slots_groups, self.state_groups):
+            params = tuple(c[n] for c, n in slots)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+                updates, new_state = self.impl.update(grads, state, params=params, inplace=False)
+                new_params = apply_updates(params, updates, inplace=False)
+            new_groups.append((slots, new_params, new_state))
+        for i, (slots, new_params, new_state) in enumerate(new_groups):
+            self.state_groups[i] = new_state
+            for (container, name), value in zip(slots, new_params):
+                container[name] = value
+
+    def state_dict(self) -> tuple[Any, ...]:
+        """The state of every group (the live objects, not copies)."""
+        return tuple(self.state_groups)
+
+    def load_state_dict(self, state_dict: Sequence[Any]) -> None:
+        """Replace the group states (by reference).
+
+        Raises:
+            ValueError: ``state_dict`` does not have this optimizer's structure.
+        """
+        _check_state_groups(self.state_groups, state_dict)
+        self.state_groups[:] = list(state_dict)

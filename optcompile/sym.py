@@ -1,0 +1,19 @@
+"""The functions a rule body may call: ``from optcompile import sym``; ``sym.sqrt(nu)``.
+
+See :mod:`optcompile.lowering.math` for each function and its derivative convention.
+"""
+
+from optcompile.lowering.math import (
+    abs,
+    eq,
+    exp,
+    log,
+    maximum,
+    minimum,
+    ne,
+    sign,
+    sqrt,
+    where,
+)
+
+__all__ = ["sqrt", "abs", "sign", "exp", "log", "maximum", "minimum", "where", "eq", "ne"]

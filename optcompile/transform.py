@@ -1,0 +1,172 @@
+"""TorchOpt's ``transform`` namespace: the building blocks of the aliases.
+
+Elementwise transforms are rules (see :mod:`optcompile.rules`), so any chain of them fuses into
+one kernel. ``masked`` and ``nan_to_num`` are not rules: ``masked`` decides *which* leaves a
+rule sees, and ``nan_to_num`` must act on values the rule language cannot test (NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import optree
+import torch
+
+from optcompile.base import EmptyState, GradientTransformation
+from optcompile.fused import RuleTransformation, UpdatesStatistic, from_rule
+from optcompile.rules import basic as _basic
+from optcompile.rules import sgd as _sgd
+from optcompile.rules.adam import scale_by_adam, scale_by_adamax, scale_by_radam
+from optcompile.rules.rms import scale_by_adadelta, scale_by_rms, scale_by_rss, scale_by_stddev
+
+__all__ = [
+    "from_rule",
+    "RuleTransformation",
+    "UpdatesStatistic",
+    "scale",
+    "scale_by_schedule",
+    "trace",
+    "add_decayed_weights",
+    "masked",
+    "MaskedState",
+    "nan_to_num",
+    "scale_by_adam",
+    "scale_by_accelerated_adam",
+    "scale_by_adamax",
+    "scale_by_radam",
+    "scale_by_rms",
+    "scale_by_stddev",
+    "scale_by_rss",
+    "scale_by_adadelta",
+]
+
+
+def scale(step_size: Any, *, backend: str | None = None) -> RuleTransformation:
+    r"""Multiply updates by ``step_size`` (a number, 0-d tensor or schedule): :math:`u = \alpha g`."""
+    return from_rule(_basic.scale, step_size=step_size, backend=backend)
+
+
+def scale_by_schedule(
+    step_size_fn: Callable[[Any], Any], *, backend: str | None = None
+) -> RuleTransformation:
+    r"""Multiply updates by ``step_size_fn(count)``, ``count`` the 0-based step: :math:`u = \alpha_t g`."""
+    if not callable(step_size_fn):
+        raise TypeError(f"step_size_fn={step_size_fn!r} must be a callable of the step count")
+    return from_rule(_basic.scale, step_size=step_size_fn, backend=backend)
+
+
+def trace(
+    momentum: float = 0.9,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    moment_requires_grad: bool = False,
+    *,
+    backend: str | None = None,
+) -> RuleTransformation:
+    """Momentum as in ``torch.optim.SGD``; see :func:`optcompile.rules.sgd.trace`."""
+    rule = _sgd.trace_nesterov if nesterov else _sgd.trace
+    return from_rule(
+        rule,
+        momentum=momentum,
+        dampening=dampening,
+        moment_requires_grad=moment_requires_grad,
+        backend=backend,
+    )
+
+
+def scale_by_accelerated_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    moment_requires_grad: bool = False,
+) -> RuleTransformation:
+    """``scale_by_adam`` on the native C++/CUDA backend (TorchOpt's accelerated op)."""
+    return from_rule(
+        scale_by_adam,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        moment_requires_grad=moment_requires_grad,
+        backend="native",
+    )
+
+
+class MaskedState(NamedTuple):
+    """The state of :func:`masked`: the inner transformation's state on the selected leaves."""
+
+    inner_state: Any
+
+
+def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
+    """Apply ``inner`` only to the leaves where ``mask`` is True; others pass through unchanged.
+
+    Args:
+        inner: the transformation to restrict.
+        mask: a pytree of bools with the params' structure, or a callable ``params -> mask``.
+    """
+
+    def select(tree: Any, mask_tree: Any) -> Any:
+        return optree.tree_map(
+            lambda leaf, keep: leaf if keep else None, tree, mask_tree, none_is_leaf=True
+        )
+
+    def resolve(params: Any) -> Any:
+        return mask(params) if callable(mask) else mask
+
+    def init(params: Any) -> MaskedState:
+        return MaskedState(inner.init(select(params, resolve(params))))
+
+    def update(
+        updates: Any, state: MaskedState, *, params: Any = None, inplace: bool = True
+    ) -> tuple[Any, MaskedState]:
+        if not isinstance(state, MaskedState):
+            raise ValueError(f"state: expected a MaskedState, got {type(state).__name__}")
+        mask_tree = resolve(params if params is not None else updates)
+        inner_updates, inner_state = inner.update(
+            select(updates, mask_tree),
+            state.inner_state,
+            params=None if params is None else select(params, mask_tree),
+            inplace=inplace,
+        )
+        merged = optree.tree_map(
+            lambda new, old, keep: new if keep else old,
+            inner_updates,
+            updates,
+            mask_tree,
+            none_is_leaf=True,
+        )
+        return merged, MaskedState(inner_state)
+
+    return GradientTransformation(init, update)
+
+
+def add_decayed_weights(
+    weight_decay: Any = 0.0, mask: Any = None, *, backend: str | None = None
+) -> GradientTransformation:
+    r"""Decoupled weight decay :math:`u = g + \lambda p`, optionally on the masked leaves only."""
+    tx = from_rule(_basic.add_decayed_weights, weight_decay=weight_decay, backend=backend)
+    return tx if mask is None else masked(tx, mask)
+
+
+def nan_to_num(
+    nan: float = 0.0, posinf: float | None = None, neginf: float | None = None
+) -> GradientTransformation:
+    """Replace NaN and infinities in the updates (``torch.nan_to_num``); in place if asked."""
+
+    def init(params: Any) -> EmptyState:
+        return EmptyState()
+
+    def update(
+        updates: Any, state: Any, *, params: Any = None, inplace: bool = True
+    ) -> tuple[Any, Any]:
+        def fix(g: torch.Tensor) -> torch.Tensor:
+            if inplace:
+                return g.nan_to_num_(nan=nan, posinf=posinf, neginf=neginf)
+            return g.nan_to_num(nan=nan, posinf=posinf, neginf=neginf)
+
+        return optree.tree_map(fix, updates), state
+
+    return GradientTransformation(init, update)
