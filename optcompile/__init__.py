@@ -22,6 +22,7 @@ from optcompile.accelerated_op import accelerated_op_available
 from optcompile.alias import adadelta, adagrad, adam, adamax, adamw, radam, rmsprop, sgd
 from optcompile.base import EmptyState, GradientTransformation, UninitializedState, identity
 from optcompile.combine import ChainedGradientTransformation, chain, explain
+from optcompile.decorator import optcompile
 from optcompile.errors import (
     HyperparameterError,
     InternalError,
@@ -89,7 +90,7 @@ __all__ = [
     "ModuleState", "extract_state_dict", "recover_state_dict", "stop_gradient", "module_clone",
     "module_detach_",
     # backends
-    "accelerated_op_available", "set_default_backend", "default_backend",
+    "optcompile", "accelerated_op_available", "set_default_backend", "default_backend",
     # errors
     "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
     # submodules

@@ -36,7 +36,7 @@ def accelerated_op_available(
     elif isinstance(devices, torch.device | str | int):
         devices = [devices]
     try:
-        from optcompile.lowering.backends import native
+        from optcompile.lowering.backends import native_ops as native
     except Exception:  # noqa: BLE001 - a broken build must read as "not available"
         return False
     for device in devices:

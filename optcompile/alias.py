@@ -65,7 +65,7 @@ def _is_zero(value: Any) -> bool:
 def _chain(*members: GradientTransformation | None) -> ChainedGradientTransformation:
     # Always a chain (even of one member): TorchOpt's aliases have tuple states, which the seed
     # prints as `((EmptyState(),),)` for MetaSGD.
-    return ChainedGradientTransformation(*(m for m in members if m is not None))
+    return ChainedGradientTransformation(*(m for m in members if m is not None), opaque=True)
 
 
 def _flip_and_decay(weight_decay: Any, maximize: bool, backend: str | None):
@@ -146,7 +146,7 @@ def adam(
     _check("eps", eps, 0.0)
     _check("eps_root", eps_root, 0.0)
     _check("weight_decay", weight_decay, 0.0)
-    backend = _accelerated(use_accelerated_op, backend)
+    adam_backend = _accelerated(use_accelerated_op, backend)
     return _chain(
         _flip_and_decay(weight_decay, maximize, backend),
         from_rule(
@@ -156,9 +156,9 @@ def adam(
             eps=eps,
             eps_root=eps_root,
             moment_requires_grad=moment_requires_grad,
-            backend=backend,
+            backend=adam_backend,
         ),
-        _neg_lr(lr, backend),
+        _neg_lr(lr, adam_backend),
     )
 
 
@@ -188,10 +188,10 @@ def adamw(
     _check("eps", eps, 0.0)
     _check("eps_root", eps_root, 0.0)
     _check("weight_decay", weight_decay, 0.0)
-    backend = _accelerated(use_accelerated_op, backend)
     decay = None
     if mask is not None or not _is_zero(weight_decay):
         decay = _transform.add_decayed_weights(weight_decay, mask, backend=backend)
+    adam_backend = _accelerated(use_accelerated_op, backend)
     return _chain(
         _flip_and_decay(0.0, maximize, backend),
         from_rule(
@@ -201,14 +201,19 @@ def adamw(
             eps=eps,
             eps_root=eps_root,
             moment_requires_grad=moment_requires_grad,
-            backend=backend,
+            backend=adam_backend,
         ),
         decay,
-        _neg_lr(lr, backend),
+        _neg_lr(lr, backend if decay is not None else adam_backend),
     )
 
 
 def _accelerated(use_accelerated_op: bool, backend: str | None) -> str | None:
+    """``use_accelerated_op=True`` puts Adam's kernel on the native backend.
+
+    The members around it keep ``backend``: the native kernel covers Adam (times -lr) only, so
+    weight decay or a sign flip run as their own fused unit.
+    """
     if use_accelerated_op and backend is None:
         return "native"
     return backend

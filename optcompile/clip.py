@@ -7,14 +7,18 @@ import math
 import torch
 
 from optcompile.errors import HyperparameterError
-from optcompile.rules.basic import scale
 from optcompile.fused import RuleTransformation, UpdatesStatistic, from_rule
+from optcompile.rules.basic import scale
 
 __all__ = ["clip_grad_norm"]
 
 
 def clip_grad_norm(
-    max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    *,
+    backend: str | None = None,
 ) -> RuleTransformation:
     r"""Scale all updates together so their global norm is at most ``max_norm``.
 
@@ -23,7 +27,8 @@ def clip_grad_norm(
 
     as ``torch.nn.utils.clip_grad_norm_``. The norm is not elementwise, so it is computed first
     (without gradient: the coefficient is a constant to autograd, as in TorchOpt) and enters the
-    next fused kernel as a scalar; the scaling itself fuses with the rules that follow.
+    next fused kernel as a scalar; the scaling itself fuses with the rules that follow (those
+    on the same ``backend``, as for every rule transform).
 
     Raises:
         HyperparameterError: ``max_norm`` is negative or ``norm_type`` is not positive.
@@ -50,4 +55,4 @@ def clip_grad_norm(
         return torch.clamp(max_norm / (norm.double() + 1e-6), max=1.0)
 
     statistic = UpdatesStatistic(coefficient, f"min(1, {max_norm} / (||g||_{norm_type} + 1e-6))")
-    return from_rule(scale, step_size=statistic)
+    return from_rule(scale, step_size=statistic, backend=backend)

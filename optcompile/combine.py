@@ -6,7 +6,7 @@ happened underneath: fusion changes how a step runs, never what the state looks 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from optcompile.base import GradientTransformation, identity
@@ -16,17 +16,24 @@ __all__ = ["chain", "ChainedGradientTransformation", "explain"]
 
 
 class ChainedGradientTransformation(GradientTransformation):
-    """A chain of transformations; ``transformations`` are its (flattened) members.
+    """A chain of transformations; ``transformations`` are its members.
 
-    Runs as *units*: each maximal run of adjacent :class:`RuleTransformation` members is one
-    fused kernel; any other member (a global-norm clip, a hook) runs on its own between them.
+    Runs as *units*: each maximal run of adjacent :class:`RuleTransformation` members (looking
+    through nested chains) is one fused kernel; any other member (a global-norm clip, a hook)
+    runs on its own between them. The state is a tuple with one entry per member; a member that
+    is itself an ``opaque`` chain (what the aliases return, like TorchOpt's ``chain_flat``)
+    keeps its own tuple inside it.
     """
 
     transformations: tuple[GradientTransformation, ...]
 
-    def __new__(cls, *transformations: GradientTransformation) -> ChainedGradientTransformation:
+    def __new__(
+        cls, *transformations: GradientTransformation, opaque: bool = False
+    ) -> ChainedGradientTransformation:
         members = _flatten(transformations)
-        units = _units(members)
+        layout = _layout(members, iter(range(1 << 30)))
+        units = _units(_primitives(members))
+        n_states = sum(size for _, size in units)
 
         def init(params: Any) -> tuple:
             states: list[Any] = []
@@ -35,24 +42,16 @@ class ChainedGradientTransformation(GradientTransformation):
                     states.extend(unit.init_states(params))
                 else:
                     states.append(unit.init(params))
-            return tuple(states)
+            return _nest(layout, states)
 
         def update(
             updates: Any, state: Any, *, params: Any = None, inplace: bool = True
         ) -> tuple[Any, tuple]:
-            if not isinstance(state, tuple) or len(state) != len(members) or hasattr(
-                state, "_fields"
-            ):
-                got = f"{len(state)} states" if isinstance(state, tuple) else type(state).__name__
-                raise ValueError(
-                    f"state: this chain has {len(members)} members, so its state is a tuple of "
-                    f"{len(members)} states; got {got}. Call init(params) first, and pass the "
-                    f"state of this optimizer, not another one's"
-                )
+            flat = _unnest(layout, state, n_states)
             new_states: list[Any] = []
             position = 0
             for unit, size in units:
-                unit_states = state[position : position + size]
+                unit_states = flat[position : position + size]
                 position += size
                 if isinstance(unit, RuleTransformation):
                     updates, unit_new = unit.update_states(
@@ -64,10 +63,11 @@ class ChainedGradientTransformation(GradientTransformation):
                         updates, unit_states[0], params=params, inplace=inplace
                     )
                     new_states.append(single)
-            return updates, tuple(new_states)
+            return updates, _nest(layout, new_states)
 
         self = super().__new__(cls, init, update)
         self.transformations = members
+        self.opaque = opaque
         self.units = tuple(unit for unit, _ in units)
         return self
 
@@ -83,21 +83,86 @@ class ChainedGradientTransformation(GradientTransformation):
         return hash(self.transformations)
 
     def __reduce__(self) -> tuple:
-        return (ChainedGradientTransformation, self.transformations)
+        return (_rebuild_chain, (self.transformations, self.opaque))
+
+
+def _rebuild_chain(
+    transformations: tuple[GradientTransformation, ...], opaque: bool
+) -> ChainedGradientTransformation:
+    return ChainedGradientTransformation(*transformations, opaque=opaque)
 
 
 def _flatten(transformations: Sequence[GradientTransformation]) -> tuple:
+    """Members of a chain: plain nested chains are spliced in, opaque ones stay one member."""
     members: list[GradientTransformation] = []
     for i, tx in enumerate(transformations):
         if not isinstance(tx, GradientTransformation):
             raise TypeError(
                 f"chain: argument {i} is {type(tx).__name__}, expected a GradientTransformation"
             )
-        if isinstance(tx, ChainedGradientTransformation):
+        if isinstance(tx, ChainedGradientTransformation) and not tx.opaque:
             members.extend(tx.transformations)
         elif tx is not identity():
             members.append(tx)
     return tuple(members)
+
+
+def _primitives(members: Sequence[GradientTransformation]) -> list[GradientTransformation]:
+    """Every non-chain transformation, looking through nested chains, in order."""
+    result: list[GradientTransformation] = []
+    for tx in members:
+        if isinstance(tx, ChainedGradientTransformation):
+            result.extend(_primitives(tx.transformations))
+        else:
+            result.append(tx)
+    return result
+
+
+def _state_count(tx: GradientTransformation) -> int:
+    return len(tx.members) if isinstance(tx, RuleTransformation) else 1
+
+
+def _layout(members: Sequence[GradientTransformation], counter: Iterator[int]) -> tuple:
+    """The nesting of a chain's state: a tuple of flat-state indices and sub-tuples."""
+    layout: list[Any] = []
+    for tx in members:
+        if isinstance(tx, ChainedGradientTransformation):
+            layout.append(_layout(tx.transformations, counter))
+        elif isinstance(tx, RuleTransformation) and len(tx.members) > 1:
+            layout.append(tuple(next(counter) for _ in tx.members))
+        else:
+            layout.append(next(counter))
+    return tuple(layout)
+
+
+def _nest(layout: tuple, flat: Sequence[Any]) -> tuple:
+    return tuple(_nest(item, flat) if isinstance(item, tuple) else flat[item] for item in layout)
+
+
+def _unnest(layout: tuple, state: Any, n_states: int) -> list[Any]:
+    """The flat list of member states in ``state``, checked against ``layout``."""
+    flat: list[Any] = [None] * n_states
+
+    def visit(item: tuple, value: Any, where: str) -> None:
+        if not isinstance(value, tuple) or hasattr(value, "_fields") or len(value) != len(item):
+            got = (
+                f"a {type(value).__name__}"
+                if not isinstance(value, tuple) or hasattr(value, "_fields")
+                else f"a tuple of {len(value)}"
+            )
+            raise ValueError(
+                f"state{where}: expected a tuple of {len(item)} member states (what init() "
+                f"returned), got {got}. Call init(params) first, and pass this optimizer's "
+                f"whole state, not a member's or another optimizer's"
+            )
+        for k, (sub, sub_value) in enumerate(zip(item, value, strict=True)):
+            if isinstance(sub, tuple):
+                visit(sub, sub_value, f"{where}[{k}]")
+            else:
+                flat[sub] = sub_value
+
+    visit(layout, state, "")
+    return flat
 
 
 def _units(members: Sequence[GradientTransformation]) -> list[tuple[GradientTransformation, int]]:
@@ -110,8 +175,7 @@ def _units(members: Sequence[GradientTransformation]) -> list[tuple[GradientTran
             fused = RuleTransformation(previous.members + tx.members, previous.backend)
             units[-1] = (fused, size + len(tx.members))
         else:
-            size = len(tx.members) if isinstance(tx, RuleTransformation) else 1
-            units.append((tx, size))
+            units.append((tx, _state_count(tx)))
     return units
 
 

@@ -24,6 +24,7 @@ import optree
 import torch
 
 from optcompile.base import GradientTransformation
+from optcompile.decorator import current_backend, first_order_active
 from optcompile.lowering.autograd import apply_kernel
 from optcompile.lowering.backends import _check_name, select_backend
 from optcompile.lowering.compose import compose
@@ -61,9 +62,7 @@ class Member:
     @property
     def state_type(self) -> type:
         """The rule's state type, with a step ``count`` when the rule or a schedule needs one."""
-        needs_count = self.rule.ir.count is not None or any(
-            _is_schedule(v) for _, v in self.hypers
-        )
+        needs_count = self.rule.ir.count is not None or any(_is_schedule(v) for _, v in self.hypers)
         return self.rule.state_type_for(needs_count)
 
 
@@ -187,12 +186,11 @@ def _check_value(rule: Rule, name: str, value: Any) -> Any:
             f"{rule.name}: {name}={value!r} must be a real number, a 0-d tensor or a schedule "
             f"(a callable of the step count)"
         )
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise TypeError(
-                f"{rule.name}: {name} must be a floating 0-d tensor, got shape "
-                f"{tuple(value.shape)} dtype {value.dtype}"
-            )
+    if isinstance(value, torch.Tensor) and (value.numel() != 1 or not value.is_floating_point()):
+        raise TypeError(
+            f"{rule.name}: {name} must be a floating 0-d tensor, got shape "
+            f"{tuple(value.shape)} dtype {value.dtype}"
+        )
     if name in rule.domains:
         rule.domains[name].validate(name, value)
     return value
@@ -205,8 +203,9 @@ def _leaves(tree: Any) -> tuple[list, Any]:
 def _init_states(members: Sequence[Member], params: Any) -> list[Any]:
     leaves, _ = _leaves(params)
     for i, leaf in enumerate(leaves):
-        if leaf is not None and not isinstance(leaf, torch.Tensor):
-            raise TypeError(f"params: leaf {i} is {type(leaf).__name__}, expected a tensor")
+        if leaf is not None and not (isinstance(leaf, torch.Tensor) and leaf.is_floating_point()):
+            kind = leaf.dtype if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+            raise TypeError(f"params: leaf {i} is {kind}; expected a floating-point tensor")
     states = []
     for member in members:
         rule, hypers = member.rule, dict(member.hypers)
@@ -225,7 +224,9 @@ def _init_states(members: Sequence[Member], params: Any) -> list[Any]:
                 for p in leaves
             ]
         if "count" in member.state_type._fields:
-            fields["count"] = torch.zeros((), dtype=torch.int64)
+            # One counter per leaf, kept on the CPU: a leaf whose update is None does not step
+            # (as in torch.optim), and grouping leaves by count needs no device sync.
+            fields["count"] = [torch.zeros((), dtype=torch.int64) for _ in leaves]
         states.append(member.state_type(**fields))
     return states
 
@@ -238,30 +239,65 @@ def _check_state(member: Member, state: Any, n_leaves: int) -> None:
             f"{type(state).__name__} (a state from another optimizer, or init() not called?)"
         )
     for name in state._fields:
-        if name != "count" and len(getattr(state, name)) != n_leaves:
+        if len(getattr(state, name)) != n_leaves:
             raise ValueError(
-                f"state: {expected.__name__}.{name} holds {len(getattr(state, name))} tensors "
-                f"but the updates have {n_leaves}; the state was initialised for other params"
+                f"state: {expected.__name__}.{name} holds {len(getattr(state, name))} entries "
+                f"but the updates have {n_leaves} leaves; the state was initialised for other "
+                f"params"
             )
 
 
-def _scalar(value: Any, count: torch.Tensor | None, updates: list, device: torch.device):
+def _scalar(
+    value: Any, count: int, updates: list, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """A hyper-parameter's value at this step as a 0-d tensor (kept as given if a tensor)."""
     if isinstance(value, torch.Tensor):
         return value.reshape(()) if value.device == device else value.reshape(()).to(device)
     if isinstance(value, UpdatesStatistic):
         with torch.no_grad():
-            return value.fn(updates).to(device=device, dtype=torch.float64).reshape(())
+            return value.fn(updates).to(device=device, dtype=dtype).reshape(())
     if callable(value):
-        step = count if count is not None else torch.zeros((), dtype=torch.int64)
-        value = value(step)
+        value = value(torch.tensor(count, dtype=torch.int64))
         if isinstance(value, torch.Tensor):
-            return value.to(device=device, dtype=torch.float64).reshape(())
-    return _constant(float(value), device)
+            return value.to(device=device, dtype=dtype).reshape(())
+        return torch.tensor(float(value), dtype=dtype, device=device)  # changes every step
+    return _constant(float(value), device, dtype)
 
 
-@functools.lru_cache(maxsize=1024)
-def _constant(value: float, device: torch.device) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.float64, device=device)
+@functools.lru_cache(maxsize=256)
+def _constant(value: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A fixed hyper-parameter as a 0-d tensor, made once (never a per-step value)."""
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+def _scalar_dtype(leaves: list[torch.Tensor]) -> torch.dtype:
+    """float64 scalars for float64 tensors, float32 otherwise (as TorchOpt computes them).
+
+    Half-precision scalars would round beta2 = 0.999 to 1 and divide by zero in Adam's bias
+    correction, so bf16/fp16 tensors get float32 scalars, as in ``torch.optim``.
+    """
+    return torch.float64 if any(t.dtype == torch.float64 for t in leaves) else torch.float32
+
+
+def _validate_updates(leaves: list) -> list[int]:
+    """The indices of the leaves that carry an update; reject non-floating ones."""
+    active = [i for i, u in enumerate(leaves) if u is not None]
+    for i in active:
+        if not isinstance(leaves[i], torch.Tensor) or not leaves[i].is_floating_point():
+            kind = leaves[i].dtype if isinstance(leaves[i], torch.Tensor) else type(leaves[i])
+            raise TypeError(
+                f"updates: leaf {i} is {kind}; optcompile transforms need floating-point tensors"
+            )
+    return active
+
+
+def _groups_by_count(states: list[Any], active: list[int]) -> dict[tuple[int, ...], list[int]]:
+    """Active leaves grouped by their step counts (one group unless some leaves skipped steps)."""
+    counters = [s.count for s in states if "count" in s._fields]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in active:
+        groups.setdefault(tuple(int(c[i]) for c in counters), []).append(i)
+    return groups
 
 
 def _step(
@@ -273,26 +309,12 @@ def _step(
     leaves, spec = _leaves(updates)
     for member, state in zip(members, states, strict=True):
         _check_state(member, state, len(leaves))
-    active = [i for i, u in enumerate(leaves) if u is not None]
-    for i in active:
-        if not isinstance(leaves[i], torch.Tensor) or not leaves[i].is_floating_point():
-            kind = leaves[i].dtype if isinstance(leaves[i], torch.Tensor) else type(leaves[i])
-            raise TypeError(
-                f"updates: leaf {i} is {kind}; optcompile transforms need floating-point tensors"
-            )
+    active = _validate_updates(leaves)
     if not active:
         return updates, states
     kernel = tx.kernel
-    ir = kernel.ir
-    g = [leaves[i] for i in active]
-    device = g[0].device
-    buffers = [
-        [getattr(state, b.name)[i] for i in active]
-        for member, state in zip(members, states, strict=True)
-        for b in member.rule.ir.state
-    ]
-    tensor_lists = [g, *buffers]
-    if ir.params is not None:
+    p_leaves = None
+    if kernel.ir.params is not None:
         if params is None:
             raise ValueError(
                 f"{kernel.name} reads the parameters: pass params= to update() "
@@ -300,40 +322,68 @@ def _step(
             )
         p_leaves, _ = _leaves(params)
         if len(p_leaves) != len(leaves):
-            raise ValueError(
-                f"params: {len(p_leaves)} tensors, but the updates have {len(leaves)}"
-            )
-        tensor_lists.append([p_leaves[i] for i in active])
-    counts = [getattr(s, "count", None) for s in states]
-    scalars = []
-    for member, count in zip(members, counts, strict=True):
-        scalars += [_scalar(v, count, g, device) for _, v in member.hypers]
-    if ir.count is not None:
-        # Members of a chain step together, so the first member that reads count speaks for all.
-        shared = next(c for m, c in zip(members, counts, strict=True) if m.rule.ir.count is not None)
-        scalars.append((shared + 1).to(device=device, dtype=torch.float64))
-    backend = select_backend(tx.backend, kernel, device)
-    outputs = apply_kernel(kernel, backend, tensor_lists, scalars, differentiable=not inplace)
-    _restore_dtypes(outputs, tensor_lists)
+            raise ValueError(f"params: {len(p_leaves)} tensors, but the updates have {len(leaves)}")
+    requested = tx.backend if tx.backend is not None else current_backend()
+    device = leaves[active[0]].device
+    backend = select_backend(requested, kernel, device)
+    differentiable = not inplace and not first_order_active()
+    # Statistics of the incoming updates (a clip coefficient) are over all leaves, once.
+    all_updates = [leaves[i] for i in active]
+    dtype = _scalar_dtype(all_updates)
+    hypers = [
+        [v if not isinstance(v, UpdatesStatistic) else _scalar(v, 0, all_updates, device, dtype)
+         for _, v in member.hypers]
+        for member in members
+    ]  # fmt: skip
     new_leaves = list(leaves)
-    for j, i in enumerate(active):
-        new_leaves[i] = outputs[0][j]
-    new_states, k = [], 1
+    columns = [
+        list(getattr(state, b.name))
+        for member, state in zip(members, states, strict=True)
+        for b in member.rule.ir.state
+    ]
+    for count_key, group in _groups_by_count(states, active).items():
+        counts = iter(count_key)
+        member_counts = [next(counts) if "count" in s._fields else 0 for s in states]
+        tensor_lists = [[leaves[i] for i in group]]
+        tensor_lists += [[column[i] for i in group] for column in columns]
+        if p_leaves is not None:
+            tensor_lists.append([p_leaves[i] for i in group])
+        g = tensor_lists[0]
+        scalars = [
+            _scalar(v, count, g, device, dtype)
+            for values, count in zip(hypers, member_counts, strict=True)
+            for v in values
+        ]
+        if kernel.ir.count is not None:
+            # A chain's members step together: the first member that reads count speaks for all.
+            readers = zip(members, member_counts, strict=True)
+            step = next(c for m, c in readers if m.rule.ir.count is not None)
+            scalars.append(torch.tensor(float(step + 1), dtype=dtype, device=device))
+        outputs = apply_kernel(
+            kernel, backend, tensor_lists, scalars, differentiable=differentiable
+        )
+        _restore_dtypes(outputs, tensor_lists)
+        for j, i in enumerate(group):
+            new_leaves[i] = outputs[0][j]
+            for column, output in zip(columns, outputs[1:], strict=True):
+                column[i] = output[j]
+    new_states, position = [], 0
     for member, state in zip(members, states, strict=True):
         fields = {}
         for b in member.rule.ir.state:
-            column = list(getattr(state, b.name))
-            for j, i in enumerate(active):
-                column[i] = outputs[k][j]
-            fields[b.name] = column
-            k += 1
+            fields[b.name] = columns[position]
+            position += 1
         if "count" in state._fields:
-            fields["count"] = state.count + 1
+            fields["count"] = [
+                c + 1 if leaves[i] is not None else c for i, c in enumerate(state.count)
+            ]
         new_states.append(type(state)(**fields) if fields else state)
     return optree.tree_unflatten(spec, new_leaves), new_states
 
 
-def _restore_dtypes(outputs: list[list[torch.Tensor]], tensor_lists: list[list[torch.Tensor]]) -> None:
+def _restore_dtypes(
+    outputs: list[list[torch.Tensor]], tensor_lists: list[list[torch.Tensor]]
+) -> None:
     """Give each output its input's dtype again.
 
     Scalars enter kernels as float64 0-d tensors; against a tensor with dimensions they never

@@ -1,136 +1,69 @@
-"""Native (C++) Adam kernels against a float64 pure-torch reference of the same formulas.
+"""The native (C++) Adam against the Adam rule's eager kernel and its derived safe VJP.
 
-The reference forward and its hand-written safe backward live here; the backward is first
-checked against torch.autograd and against central finite differences, then the kernels are
-checked against it (forward, every cotangent, dtypes, strides, zeros, gradcheck, tracing).
+The rule is the single source of truth, so there is no hand-written reference here: the kernels
+of ``optcompile.adam`` (``scale_by_adam`` then ``-lr``, fused) and of ``scale_by_adam`` (step
+size 1) run through ``apply_kernel`` on the eager and on the native backend, and the forward and
+every cotangent (g, mu, nu, lr) must agree. The native VJP is then checked against float64
+finite differences and gradcheck, and the raw ops against their schema (opcheck), tracing under
+torch.compile, bad inputs and the availability probe.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+
+import optcompile
+from optcompile.lowering.autograd import apply_kernel
+from optcompile.lowering.backends import get_backend, native_ops
+from optcompile.rules.adam import scale_by_adam
 
 if shutil.which("c++") is None:
     pytest.skip(
         "no C++ compiler (c++) on PATH to build the native kernels", allow_module_level=True
     )
 
-
-def _import_native() -> ModuleType:
-    try:
-        from optcompile.lowering.backends import native
-
-        return native
-    except ImportError:
-        # TODO(integrator): drop this once optcompile.lowering is an importable package.
-        name = "_optcompile_native_standalone"
-        path = Path(__file__).resolve().parents[1] / "lowering" / "backends" / "native.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-native = _import_native()
-
 HYPERS = {"b1": 0.8, "b2": 0.95, "eps": 1e-6, "eps_root": 1e-9}
 ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0}
+LR = 1e-2
 T = 4
+SHAPES = [(6, 4), (5, 3)]  # two leaves: the multi-tensor path and lr's sum over leaves
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+# "adam*-lr": scalars (b1, b2, eps, eps_root, lr, count); "adam": (b1, b2, eps, eps_root, count).
+KERNELS = {
+    "adam*-lr": optcompile.adam(lr=torch.tensor(LR, dtype=torch.float64)).units[0].kernel,
+    "adam": scale_by_adam.kernel,
+}
 
 
-@pytest.fixture(scope="module")
-def ops() -> ModuleType:
+@pytest.fixture(scope="module", autouse=True)
+def _built() -> None:
     # Building must succeed wherever a compiler exists: an error here fails the tests.
-    native.build()
-    return native
+    native_ops.build()
 
 
-# ----------------------------------------------------------------------------- reference
+def _scalars(name, t=T, hypers=HYPERS, lr=LR, grad=("lr",)):
+    """The kernel's 0-d float64 scalars; those named in ``grad`` require grad."""
+    values = {**hypers, **({"lr": lr} if name == "adam*-lr" else {}), "count": float(t)}
+    return [
+        torch.tensor(float(v), dtype=torch.float64, requires_grad=k in grad)
+        for k, v in values.items()
+    ]
 
 
-def ref_forward(g, mu, nu, s, t, *, b1, b2, eps, eps_root):
-    """Adam step, float64, plain torch ops (autograd-able)."""
-    g, mu, nu, s = (x.double() for x in (g, mu, nu, s))
-    new_mu = b1 * mu + (1 - b1) * g
-    new_nu = b2 * nu + (1 - b2) * g * g
-    mh = new_mu / (1 - b1**t)
-    denom = torch.sqrt(new_nu / (1 - b2**t) + eps_root) + eps
-    return s * (mh / denom), new_mu, new_nu
-
-
-def ref_backward(u_bar, m_bar, v_bar, g, mu, nu, s, t, *, b1, b2, eps, eps_root):
-    """The safe VJP: exact, with d sqrt(x)/dx = 0 at x = 0. Returns (g, mu, nu, s) grads."""
-    g, mu, nu, s, u_bar = (x.double() for x in (g, mu, nu, s, u_bar))
-    m_bar = torch.zeros_like(g) if m_bar is None else m_bar.double()
-    v_bar = torch.zeros_like(g) if v_bar is None else v_bar.double()
-    bc1, bc2 = 1 - b1**t, 1 - b2**t
-    new_mu = b1 * mu + (1 - b1) * g
-    new_nu = b2 * nu + (1 - b2) * g * g
-    mh = new_mu / bc1
-    x = new_nu / bc2 + eps_root
-    r = torch.sqrt(x)
-    denom = r + eps
-    dsqrt = torch.where(x > 0, 0.5 / r, torch.zeros_like(r))
-    big_m = m_bar + u_bar * s / (bc1 * denom)
-    big_v = v_bar - u_bar * s * mh / denom**2 * dsqrt / bc2
-    grad_g = (1 - b1) * big_m + 2 * (1 - b2) * g * big_v
-    return grad_g, b1 * big_m, b2 * big_v, (u_bar * mh / denom).sum()
-
-
-def _inputs(shape=(6, 4), dtype=torch.float64, seed=0):
-    """Random (g, mu, nu, step_size) away from 0, and cotangents (U, M', V')."""
+def _inputs(dtype=torch.float64, shapes=SHAPES, seed=0):
+    """Per leaf: g, mu (small) and nu (positive), away from 0; cotangents of the 3 outputs."""
     gen = torch.Generator().manual_seed(seed)
 
-    def rand(lo=-1.0, hi=1.0):
+    def rand(shape, lo=-1.0, hi=1.0):
         return (lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype)
 
-    g, mu, nu = rand(), 0.1 * rand(), rand(0.1, 1.0)
-    s = torch.tensor(-0.01, dtype=dtype)
-    return (g, mu, nu, s), (rand(), rand(), rand())
-
-
-def _close(actual, expected, rtol):
-    # Scale-aware atol: entries near 0 are judged against the tensor's magnitude.
-    expected = expected.double()
-    atol = rtol * (expected.abs().max().item() if expected.numel() else 0.0)
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol)
-
-
-def test_reference_backward_matches_autograd():
-    (g, mu, nu, s), cots = _inputs()
-    leaves = [x.clone().requires_grad_() for x in (g, mu, nu, s)]
-    outs = ref_forward(*leaves, T, **HYPERS)
-    expected = torch.autograd.grad(outs, leaves, cots)
-    for got, want in zip(ref_backward(*cots, g, mu, nu, s, T, **HYPERS), expected, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
-
-
-def test_reference_backward_matches_finite_differences():
-    (g, mu, nu, s), cots = _inputs(shape=(5,), seed=1)
-    directions = [torch.randn_like(x, dtype=torch.float64) for x in (g, mu, nu, s)]
-
-    def objective(h):
-        point = [x + h * d for x, d in zip((g, mu, nu, s), directions, strict=True)]
-        return sum(
-            (c * o).sum() for c, o in zip(cots, ref_forward(*point, T, **HYPERS), strict=True)
-        )
-
-    h = 1e-6
-    numeric = (objective(h) - objective(-h)) / (2 * h)
-    grads = ref_backward(*cots, g, mu, nu, s, T, **HYPERS)
-    analytic = sum((gr * d).sum() for gr, d in zip(grads, directions, strict=True))
-    torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-9)
-
-
-# --------------------------------------------------------------------------------- kernels
+    tensors = [[rand(s) for s in shapes], [rand(s, -0.1, 0.1) for s in shapes]]
+    tensors.append([rand(s, 0.1, 1.0) for s in shapes])
+    return tensors, [[rand(s) for s in shapes] for _ in range(3)]
 
 
 def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -144,155 +77,235 @@ def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
     return x
 
 
-LAYOUTS = ["contiguous", "transposed", "sliced"]
+def _leaves(tensors, layout="contiguous", dtype=None):
+    return [
+        [_layout(x.detach().to(dtype or x.dtype), layout).requires_grad_() for x in column]
+        for column in tensors
+    ]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-def test_forward_matches_reference(ops, dtype, rtol, layout):
-    (g, mu, nu, s), _ = _inputs(dtype=dtype)
-    args = [_layout(x, layout) for x in (g, mu, nu)]
-    assert layout == "contiguous" or not args[0].is_contiguous()
-    outs = torch.ops.optcompile.adam_forward(*args, s, torch.tensor(T), *HYPERS.values())
-    for got, want in zip(outs, ref_forward(g, mu, nu, s, T, **HYPERS), strict=True):
-        assert got.shape == g.shape and got.dtype == dtype and got.is_contiguous()
-        _close(got, want, rtol)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-def test_backward_matches_reference(ops, dtype, rtol, layout):
-    (g, mu, nu, s), cots = _inputs(dtype=dtype)
-    args = [_layout(x, layout) for x in (*cots, g, mu, nu)]
-    grads = torch.ops.optcompile.adam_backward(*args, s, torch.tensor(T), *HYPERS.values())
-    for got, want in zip(grads, ref_backward(*cots, g, mu, nu, s, T, **HYPERS), strict=True):
-        assert got.dtype == dtype
-        _close(got, want, rtol)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_matches_reference(ops, dtype):
-    (g, mu, nu, s), cots = _inputs(dtype=dtype)
-    outs = torch.ops.optcompile.adam_forward(g, mu, nu, s, torch.tensor(T), *HYPERS.values())
-    for got, want in zip(outs, ref_forward(g, mu, nu, s, T, **HYPERS), strict=True):
-        assert got.dtype == dtype
-        _close(got, want, 2e-2)
-    grads = torch.ops.optcompile.adam_backward(
-        *cots, g, mu, nu, s, torch.tensor(T), *HYPERS.values()
+def _run(backend, name, tensors, scalars, cotangents, used=(0, 1, 2)):
+    """Outputs, and the VJP of the outputs in ``used`` into every input that requires grad."""
+    outputs = apply_kernel(
+        KERNELS[name], get_backend(backend), tensors, scalars, differentiable=True
     )
-    for got, want in zip(grads, ref_backward(*cots, g, mu, nu, s, T, **HYPERS), strict=True):
-        _close(got, want, 2e-2)
-
-
-@pytest.mark.parametrize("count_dtype", [torch.int64, torch.int32, torch.float32, torch.float64])
-def test_count_dtype(ops, count_dtype):
-    (g, mu, nu, s), _ = _inputs()
-    count = torch.tensor(T, dtype=count_dtype)
-    outs = torch.ops.optcompile.adam_forward(g, mu, nu, s, count, *HYPERS.values())
-    _close(outs[0], ref_forward(g, mu, nu, s, T, **HYPERS)[0], 1e-12)
-
-
-@pytest.mark.parametrize("shape", [(), (0, 3), (3, 1, 2)])
-def test_shapes(ops, shape):
-    (g, mu, nu, s), cots = _inputs(shape=shape)
-    outs = torch.ops.optcompile.adam_forward(g, mu, nu, s, torch.tensor(T), *HYPERS.values())
-    grads = torch.ops.optcompile.adam_backward(
-        *cots, g, mu, nu, s, torch.tensor(T), *HYPERS.values()
+    wrt = [x for column in tensors for x in column if x.requires_grad]
+    wrt += [s for s in scalars if s.requires_grad]
+    grads = torch.autograd.grad(
+        [o for k in used for o in outputs[k]],
+        wrt,
+        [c for k in used for c in cotangents[k]],
+        materialize_grads=True,  # lr does not reach new_mu, new_nu
     )
-    assert all(o.shape == shape for o in (*outs, *grads[:3])) and grads[3].shape == ()
-    for got, want in zip(outs, ref_forward(g, mu, nu, s, T, **HYPERS), strict=True):
-        _close(got, want, 1e-12)
-    for got, want in zip(grads, ref_backward(*cots, g, mu, nu, s, T, **HYPERS), strict=True):
-        _close(got, want, 1e-12)
+    return [o.detach() for column in outputs for o in column], list(grads)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_zero_gradient_and_zero_state(ops, dtype):
-    # Half the elements have g = mu = nu = 0 (x = 0): naive autograd gives NaN there.
-    (g, _, _, s), cots = _inputs(shape=(8,), dtype=dtype)
-    g[::2] = 0
-    zero = torch.zeros_like(g)
-    outs = torch.ops.optcompile.adam_forward(g, zero, zero, s, torch.tensor(1), *ADAM.values())
-    grads = torch.ops.optcompile.adam_backward(
-        *cots, g, zero, zero, s, torch.tensor(1), *ADAM.values()
+def _close(actual, expected, rtol):
+    # Scale-aware atol: entries near 0 are judged against the tensor's magnitude.
+    expected = expected.double()
+    atol = rtol * (expected.abs().max().item() if expected.numel() else 0.0)
+    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol)
+
+
+def _assert_all_close(got, want, rtol):
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape
+        _close(a, b, rtol)
+
+
+# ------------------------------------------------------------ native == the rule (eager)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", KERNELS)
+def test_matches_eager(name, dtype, layout):
+    tensors, cots = _inputs(dtype)
+    leaves = _leaves(tensors, layout)
+    assert layout == "contiguous" or not leaves[0][0].is_contiguous()
+    scalars = _scalars(name)
+    out, grads = _run("native", name, leaves, scalars, cots)
+    want_out, want_grads = _run("eager", name, leaves, scalars, cots)
+    assert all(o.dtype == dtype and o.is_contiguous() for o in out)
+    assert len(grads) == 3 * len(SHAPES) + (name == "adam*-lr")  # g, mu, nu per leaf (+ lr)
+    _assert_all_close(out, want_out, RTOL[dtype])
+    _assert_all_close(grads, want_grads, RTOL[dtype])
+
+
+@pytest.mark.parametrize("used", [(0,), (1,), (2,), (1, 2)], ids=str)
+def test_absent_cotangents(used):
+    tensors, cots = _inputs()
+    leaves, scalars = _leaves(tensors), _scalars("adam*-lr")
+    _, grads = _run("native", "adam*-lr", leaves, scalars, cots, used)
+    _, want = _run("eager", "adam*-lr", leaves, scalars, cots, used)
+    _assert_all_close(grads, want, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision(dtype):
+    # Against the rule in float64 on the same (rounded) values: native computes in float and
+    # rounds once per output, as eager in float64 then rounded would.
+    tensors, cots = _inputs(dtype)
+    scalars = _scalars("adam*-lr")
+    out, grads = _run("native", "adam*-lr", _leaves(tensors), scalars, cots)
+    assert all(o.dtype == dtype for o in out)
+    wide = [[c.double() for c in column] for column in cots]
+    want_out, want_grads = _run(
+        "eager", "adam*-lr", _leaves(tensors, dtype=torch.float64), scalars, wide
     )
-    rtol = 1e-5 if dtype == torch.float32 else 1e-12
-    for got, want in zip(outs, ref_forward(g, zero, zero, s, 1, **ADAM), strict=True):
-        assert torch.isfinite(got).all()
-        _close(got, want, rtol)
-    for got, want in zip(grads, ref_backward(*cots, g, zero, zero, s, 1, **ADAM), strict=True):
-        assert torch.isfinite(got).all()
-        _close(got, want, rtol)
-    leaves = [x.double().requires_grad_() for x in (g, zero, zero)]
-    naive = torch.autograd.grad(ref_forward(*leaves, s, 1, **ADAM), leaves, cots)
-    assert not torch.isfinite(naive[2]).all()  # why the safe rule exists
+    _assert_all_close(out, want_out, 2e-2)
+    _assert_all_close(grads, want_grads, 2e-2)
 
 
-def test_derivative_at_zero_is_minus_step_over_eps(ops):
-    # One step from m = v = 0, t = 1, g = [c, 0]: d update / dc at c = 0 is s / eps exactly.
-    s = torch.tensor(-1e-3, dtype=torch.float64)
-    c = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    zero = torch.zeros(2, dtype=torch.float64)
-    update, _, _ = native.adam_step(c, zero, zero, s, torch.tensor(1), **ADAM)
-    update.backward(torch.ones(2, dtype=torch.float64))
+@pytest.mark.parametrize("shape", [(), (0, 3), (3, 1, 2)], ids=str)
+def test_shapes(shape):
+    tensors, cots = _inputs(shapes=[shape])
+    leaves, scalars = _leaves(tensors), _scalars("adam*-lr")
+    out, grads = _run("native", "adam*-lr", leaves, scalars, cots)
+    want_out, want_grads = _run("eager", "adam*-lr", leaves, scalars, cots)
+    _assert_all_close(out, want_out, 1e-12)
+    _assert_all_close(grads, want_grads, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", KERNELS)
+def test_zero_gradient_and_zero_state(name, dtype):
+    # Half the elements have g = mu = nu = 0 at t = 1, so v' = 0: the safe sqrt rule's case,
+    # where autograd of the plain formula gives inf * 0 = NaN.
+    tensors, cots = _inputs(dtype, shapes=[(8,)])
+    tensors[0][0][::2] = 0
+    tensors[1][0].zero_()
+    tensors[2][0].zero_()
+    leaves, scalars = _leaves(tensors), _scalars(name, t=1, hypers=ADAM)
+    out, grads = _run("native", name, leaves, scalars, cots)
+    want_out, want_grads = _run("eager", name, leaves, scalars, cots)
+    assert all(torch.isfinite(x).all() for x in [*out, *grads])
+    _assert_all_close(out, want_out, RTOL[dtype])
+    _assert_all_close(grads, want_grads, RTOL[dtype])
+
+
+@pytest.mark.parametrize("backend", ["native", "eager"])
+def test_derivative_at_zero_is_minus_lr_over_eps(backend):
+    # One step from m = v = 0, t = 1, g = c: u = -lr c / (|c| + eps), so du/dc at 0 is -lr/eps.
+    zeros = [[torch.zeros(2, dtype=torch.float64)] for _ in range(3)]
+    zeros[0][0].requires_grad_()
+    scalars = _scalars("adam*-lr", t=1, hypers=ADAM, lr=1e-3, grad=())
+    (update,), _, _ = apply_kernel(
+        KERNELS["adam*-lr"], get_backend(backend), zeros, scalars, differentiable=True
+    )
+    (grad,) = torch.autograd.grad(update.sum(), zeros[0][0])
     torch.testing.assert_close(
-        c.grad, torch.full((2,), -1e5, dtype=torch.float64), rtol=1e-12, atol=0
+        grad, torch.full((2,), -1e5, dtype=torch.float64), rtol=1e-12, atol=0
     )
 
     def u0(value):
-        return ref_forward(torch.tensor([value, 0.0]), zero, zero, s, 1, **ADAM)[0][0]
+        point = [[torch.tensor([value, 0.0], dtype=torch.float64)], zeros[1], zeros[2]]
+        return apply_kernel(
+            KERNELS["adam*-lr"], get_backend("eager"), point, scalars, differentiable=False
+        )[0][0][0]
 
-    h = 1e-14  # far below eps / sqrt(1 - b2) so |c| in the denominator is negligible
+    h = 1e-14  # far below eps, so |c| in the denominator is negligible
     assert (u0(h) - u0(-h)) / (2 * h) == pytest.approx(-1e5, rel=1e-4)
-    naive = c.detach().clone().requires_grad_()
-    ref_forward(naive, zero, zero, s, 1, **ADAM)[0].sum().backward()
-    assert torch.isnan(naive.grad).all()
 
 
-@pytest.mark.parametrize("which", ["update", "new_mu", "new_nu", "new_mu+new_nu"])
-def test_absent_cotangents(ops, which):
-    (g, mu, nu, s), cots = _inputs(dtype=torch.float64)
-    leaves = [x.clone().requires_grad_() for x in (g, mu, nu, s)]
-    outs = native.adam_step(*leaves, torch.tensor(T), **HYPERS)
-    names = ["update", "new_mu", "new_nu"]
-    used = [i for i, n in enumerate(names) if n in which.split("+")]
-    grads = torch.autograd.grad([outs[i] for i in used], leaves, [cots[i] for i in used])
-    given = [cots[i] if i in used else None for i in range(3)]
-    u_bar = given[0] if given[0] is not None else torch.zeros_like(g)
-    for got, want in zip(
-        grads, ref_backward(u_bar, *given[1:], g, mu, nu, s, T, **HYPERS), strict=True
-    ):
-        _close(got, want, 1e-12)
+def test_vjp_matches_finite_differences():
+    # Directional derivative of <cotangents, rule forward> in float64 against the native VJP.
+    tensors, cots = _inputs(shapes=[(5,)], seed=1)
+    gen = torch.Generator().manual_seed(2)
+    flat = [x for column in tensors for x in column] + [torch.tensor(LR, dtype=torch.float64)]
+    directions = [torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in flat]
+
+    def objective(h):
+        g, mu, nu, lr = (x + h * d for x, d in zip(flat, directions, strict=True))
+        scalars = _scalars("adam*-lr", lr=lr, grad=())
+        outputs = apply_kernel(
+            KERNELS["adam*-lr"],
+            get_backend("eager"),
+            [[g], [mu], [nu]],
+            scalars,
+            differentiable=False,
+        )
+        return sum((c[0] * o[0]).sum() for c, o in zip(cots, outputs, strict=True))
+
+    h = 1e-6
+    numeric = (objective(h) - objective(-h)) / (2 * h)
+    _, grads = _run("native", "adam*-lr", _leaves(tensors), _scalars("adam*-lr"), cots)
+    analytic = sum((gr * d).sum() for gr, d in zip(grads, directions, strict=True))
+    torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("g_dtype", [torch.float32, torch.float64])
-def test_grad_step_size(ops, g_dtype):
-    # 100_000 elements span several kernel blocks (and threads); step_size stays float64.
-    (g, mu, nu, _), cots = _inputs(shape=(100_000,), dtype=g_dtype, seed=2)
-    s = torch.tensor(-0.01, dtype=torch.float64, requires_grad=True)
-    update, _, _ = native.adam_step(g, mu, nu, s, torch.tensor(T), **HYPERS)
-    (grad_s,) = torch.autograd.grad(update, s, cots[0])
-    assert grad_s.dtype == torch.float64 and grad_s.shape == ()
-    want = ref_backward(cots[0], None, None, g, mu, nu, s.detach(), T, **HYPERS)[3]
-    _close(grad_s, want, 1e-5 if g_dtype == torch.float32 else 1e-12)
+@pytest.mark.parametrize("name", KERNELS)
+def test_gradcheck(name):
+    tensors, _ = _inputs(shapes=[(3, 2), (2,)], seed=3)
+    flat = [x.requires_grad_() for column in tensors for x in column]
+    scalars = _scalars(name)
+    n_leaves = len(tensors[0])
+
+    def step(*inputs):
+        lists = [list(inputs[j * n_leaves : (j + 1) * n_leaves]) for j in range(3)]
+        rest = list(inputs[3 * n_leaves :])
+        mixed = [*scalars[:4], *rest, scalars[-1]]
+        outputs = apply_kernel(
+            KERNELS[name], get_backend("native"), lists, mixed, differentiable=True
+        )
+        return tuple(o for column in outputs for o in column)
+
+    lr = scalars[4:5] if name == "adam*-lr" else []
+    assert torch.autograd.gradcheck(step, [*flat, *lr])
 
 
-def test_gradcheck(ops):
-    (g, mu, nu, s), _ = _inputs(shape=(3, 2), seed=3)
-    leaves = [x.clone().requires_grad_() for x in (g, mu, nu, s)]
+def test_learnable_beta_uses_eager_vjp():
+    # The C++ backward has no beta/eps gradients; native's VJP hands such variants to eager.
+    tensors, cots = _inputs()
+    leaves, scalars = _leaves(tensors), _scalars("adam*-lr", grad=("b1", "eps", "lr"))
+    _, grads = _run("native", "adam*-lr", leaves, scalars, cots)
+    _, want = _run("eager", "adam*-lr", leaves, scalars, cots)
+    _assert_all_close(grads, want, 1e-12)
 
-    def step(g, mu, nu, s):
-        return native.NativeAdamFunction.apply(g, mu, nu, s, torch.tensor(T), *HYPERS.values())
 
-    assert torch.autograd.gradcheck(step, leaves)
+def test_create_graph_runs_the_eager_vjp():
+    # A backward that is itself differentiated runs the eager VJP (torch ops), so second-order
+    # gradients through a native step are those of the rule.
+    tensors, cots = _inputs()
+
+    def second_order(backend):
+        leaves, scalars = _leaves(tensors), _scalars("adam*-lr")
+        outputs = apply_kernel(
+            KERNELS["adam*-lr"], get_backend(backend), leaves, scalars, differentiable=True
+        )
+        (dg,) = torch.autograd.grad(outputs[0][0], leaves[0][0], cots[0][0], create_graph=True)
+        return torch.autograd.grad((dg * dg).sum(), [leaves[0][0], scalars[4]])
+
+    _assert_all_close(second_order("native"), second_order("eager"), 1e-12)
 
 
-def test_create_graph_raises(ops):
-    (g, mu, nu, s), _ = _inputs()
-    g.requires_grad_()
-    update, _, _ = native.adam_step(g, mu, nu, s, torch.tensor(T), **HYPERS)
-    with pytest.raises(RuntimeError, match=r'not itself differentiable.*backend="eager"'):
-        torch.autograd.grad(update.sum(), g, create_graph=True)
+# --------------------------------------------------------------------------------- raw ops
+
+
+def _op_inputs(dtype=torch.float64):
+    """One leaf's (g, mu, nu, step_size, count), cotangents, for the ops themselves."""
+    tensors, cots = _inputs(dtype, shapes=[(6, 4)])
+    step_size = torch.tensor(-LR, dtype=dtype)
+    return (*(c[0] for c in tensors), step_size, torch.tensor(T)), [c[0] for c in cots]
+
+
+@pytest.mark.parametrize(
+    "count_dtype", [torch.int64, torch.int32, torch.float32, torch.float64], ids=str
+)
+def test_count_dtype(count_dtype):
+    (g, mu, nu, s, _), _ = _op_inputs()
+    got = torch.ops.optcompile.adam_forward(
+        g, mu, nu, s, torch.tensor(T, dtype=count_dtype), *HYPERS.values()
+    )
+    want = apply_kernel(
+        KERNELS["adam*-lr"],
+        get_backend("eager"),
+        [[g], [mu], [nu]],
+        _scalars("adam*-lr", grad=()),
+        differentiable=False,
+    )
+    _assert_all_close(got, [column[0] for column in want], 1e-12)
 
 
 @pytest.mark.parametrize(
@@ -304,25 +317,24 @@ def test_create_graph_raises(ops):
         ({"count": torch.tensor([1])}, r"count must be a 0-d tensor"),
     ],
 )
-def test_bad_inputs(ops, change, match):
-    (g, mu, nu, s), _ = _inputs()
-    args = {"g": g, "mu": mu, "nu": nu, "step_size": s, "count": torch.tensor(T)} | change
+def test_bad_inputs(change, match):
+    (g, mu, nu, s, count), _ = _op_inputs()
+    args = {"g": g, "mu": mu, "nu": nu, "step_size": s, "count": count} | change
     with pytest.raises(RuntimeError, match=match):
         torch.ops.optcompile.adam_forward(*args.values(), *HYPERS.values())
 
 
-def test_is_available(ops):
-    assert native.is_available("cpu") and native.is_available(torch.device("cpu"))
-    assert not native.is_available("meta")
-    assert not native.is_available("not-a-device")
+def test_is_available():
+    assert native_ops.is_available("cpu") and native_ops.is_available(torch.device("cpu"))
+    assert not native_ops.is_available("meta")
+    assert not native_ops.is_available("not-a-device")
     if not torch.cuda.is_available():
-        assert not native.is_available("cuda") and not native.is_available(0)
+        assert not native_ops.is_available("cuda") and not native_ops.is_available(0)
 
 
-def test_fake_impls_opcheck(ops):
+def test_fake_impls_opcheck():
     # Schema, FakeTensor and AOT-dispatch consistency of both ops (no Inductor involved).
-    (g, mu, nu, s), cots = _inputs(dtype=torch.float32)
-    count = torch.tensor(T)
+    (g, mu, nu, s, count), cots = _op_inputs(torch.float32)
     torch.library.opcheck(
         torch.ops.optcompile.adam_forward.default, (g, mu, nu, s, count, *HYPERS.values())
     )
@@ -334,10 +346,9 @@ def test_fake_impls_opcheck(ops):
 
 # Importing Inductor imports torch.utils.mkldnn, which warns on Python < 3.14 (torch 2.13).
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_traces_under_torch_compile(ops):
-    # The only Inductor compile in this file (~10-15 s): the fake impl lets fullgraph trace.
-    (g, mu, nu, s), _ = _inputs(dtype=torch.float32)
-    count = torch.tensor(T)
+def test_traces_under_torch_compile():
+    # The only Inductor compile in this file (~10-15 s cold): the fake impl lets fullgraph trace.
+    (g, mu, nu, s, count), _ = _op_inputs(torch.float32)
 
     def step(g, mu, nu, s, count):
         update, new_mu, new_nu = torch.ops.optcompile.adam_forward(

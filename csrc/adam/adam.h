@@ -105,7 +105,7 @@ inline void check_inputs(
   TORCH_CHECK(
       at::isFloatingType(g.scalar_type()), op, ": g must be a floating tensor, got ",
       g.scalar_type());
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"mu", mu}, {"nu", nu}}) {
+  const auto check_state = [&](const char* name, const at::Tensor& t) {
     TORCH_CHECK(
         t.sizes() == g.sizes(), op, ": ", name, " must have g's shape ", g.sizes(), ", got ",
         t.sizes());
@@ -115,7 +115,9 @@ inline void check_inputs(
     TORCH_CHECK(
         t.device() == g.device(), op, ": ", name, " must be on g's device ", g.device(),
         ", got ", t.device());
-  }
+  };
+  check_state("mu", mu);
+  check_state("nu", nu);
   TORCH_CHECK(
       step_size.dim() == 0 && at::isFloatingType(step_size.scalar_type()), op,
       ": step_size must be a 0-d floating tensor, got shape ", step_size.sizes(), " and dtype ",
@@ -125,7 +127,8 @@ inline void check_inputs(
 
 // Cotangents arrive in any layout (an expanded ones() from .sum(), say) and, in principle,
 // any dtype; the kernels want g's dtype, contiguous. Both calls are no-ops when already so.
-inline at::Tensor like_g(const char* op, const char* name, const at::Tensor& t, const at::Tensor& g) {
+inline at::Tensor like_g(
+    const char* op, const char* name, const at::Tensor& t, const at::Tensor& g) {
   TORCH_CHECK(
       t.sizes() == g.sizes() && t.device() == g.device(), op, ": ", name,
       " must have g's shape ", g.sizes(), " and device ", g.device(), ", got ", t.sizes(),

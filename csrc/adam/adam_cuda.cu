@@ -74,7 +74,7 @@ __global__ void backward_kernel(
 
 void check_cuda(const char* op, const at::Tensor& g) {
   TORCH_CHECK(
-      g.is_cuda(), op, ": g, mu and nu must be CUDA tensors when step_size or count is, got g on ",
+      g.is_cuda(), op, ": g, mu and nu must be CUDA tensors when another argument is, got g on ",
       g.device());
 }
 
@@ -118,12 +118,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adam_forward_cuda(
   at::Tensor new_nu = at::empty(g.sizes(), gc.options());
   const int64_t n = gc.numel();
 
+  if (n == 0) {
+    return {update, new_mu, new_nu};
+  }
+
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), op, [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const at::Tensor coef = make_coef_on_device<opmath_t>(g, step_size, count, b1, b2, eps, eps_root);
-    if (n == 0) {
-      return;
-    }
+    const at::Tensor coef =
+        make_coef_on_device<opmath_t>(g, step_size, count, b1, b2, eps, eps_root);
     forward_kernel<scalar_t, opmath_t>
         <<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             n, gc.const_data_ptr<scalar_t>(), mc.const_data_ptr<scalar_t>(),
@@ -157,8 +159,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adam_backward_cuda(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), op, [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const at::Tensor coef = make_coef_on_device<opmath_t>(g, step_size, count, b1, b2, eps, eps_root);
-    at::Tensor u_dir = at::empty({n}, gc.options().dtype(c10::CppTypeToScalarType<opmath_t>::value));
+    const at::Tensor coef =
+        make_coef_on_device<opmath_t>(g, step_size, count, b1, b2, eps, eps_root);
+    at::Tensor u_dir =
+        at::empty({n}, gc.options().dtype(c10::CppTypeToScalarType<opmath_t>::value));
     if (n > 0) {
       backward_kernel<scalar_t, opmath_t>
           <<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
@@ -171,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adam_backward_cuda(
               grad_nu.mutable_data_ptr<scalar_t>(), u_dir.mutable_data_ptr<opmath_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    // Summed in double, like the CPU kernel, then cast to step_size's dtype and device.
+    // Summed in double, then cast to step_size's dtype and device.
     grad_step_size = at::sum(u_dir, at::kDouble).to(step_size.device(), step_size.scalar_type());
   });
   return {grad_g, grad_mu, grad_nu, grad_step_size};

@@ -13,7 +13,10 @@ import torch
 
 from optcompile.lowering.backends.base import Backend
 from optcompile.lowering.backends.eager import EagerBackend
+from optcompile.lowering.backends.inductor import InductorBackend
+from optcompile.lowering.backends.native import NativeBackend
 from optcompile.lowering.kernel import Kernel
+from optcompile.lowering.stats import count_calls
 
 __all__ = [
     "Backend",
@@ -78,7 +81,7 @@ def select_backend(name: str | None, kernel: Kernel, device: torch.device) -> Ba
         if reason is None:
             return backend
         FALLBACKS.append((kernel.name, candidate, reason))
-        if (candidate, reason) not in _warned and (name != "auto" or candidate != "native"):
+        if (candidate, reason) not in _warned:
             _warned.add((candidate, reason))
             warnings.warn(
                 f"optcompile: backend {candidate!r} cannot run {kernel.name} on {device}: "
@@ -87,3 +90,9 @@ def select_backend(name: str | None, kernel: Kernel, device: torch.device) -> Ba
                 stacklevel=3,
             )
     return BACKENDS["eager"]
+
+
+# Last, so that the registry exists; inductor.py and stats.py never import this module.
+count_calls(BACKENDS["eager"])
+register_backend(InductorBackend(), auto_position=0)
+register_backend(NativeBackend(), auto_position=1)

@@ -1,336 +1,150 @@
-"""Native (C++/CUDA) Adam kernels, the hand-written fallback of the ``native`` backend.
+"""The native backend: the hand-written C++/CUDA Adam of ``csrc/adam`` for kernels that are Adam.
 
-The sources in ``csrc/adam/`` are compiled on first use with ``torch.utils.cpp_extension``
-(torch's own compiler flags and C++ ABI, unlike TorchOpt's hard-coded old ABI) and loaded as
-the operators ``torch.ops.optcompile.adam_forward`` / ``adam_backward``. One step, element-wise,
-with ``t = count`` (1-based) and ``s = step_size``:
-
-.. math::
-
-    m' = b_1 m + (1 - b_1) g, \\qquad v' = b_2 v + (1 - b_2) g^2, \\\\
-    u = s \\, \\frac{m' / (1 - b_1^t)}{\\sqrt{v' / (1 - b_2^t) + \\epsilon_{root}} + \\epsilon}.
-
-The backward is exact except that :math:`\\frac{d}{dx}\\sqrt{x}` is taken as 0 at
-:math:`x = 0` (the "safe sqrt" rule), so it stays finite where autograd of the formula gives
-``inf * 0 = NaN`` (an element whose gradients were all zero so far).
-
-This module imports nothing from optcompile, so it can be tested and built on its own:
-``python -m optcompile.lowering.backends.native`` builds the kernels ahead of time.
+It runs any kernel whose maths *is* Adam's update, optionally scaled by ``-lr``: a kernel is
+recognised by comparing its expressions with a reference Adam traced here (after renaming the
+inputs positionally), not by its name, so a user rule that happens to be called ``scale_by_adam``
+is never mistaken for it. The C++ forward and backward implement the same formulas as the rule
+and its derived safe VJP (``tests/test_native_adam.py`` checks them against the eager kernel).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-from pathlib import Path
-from typing import Any
+import functools
+import weakref
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["NativeAdamFunction", "adam_step", "build", "build_directory", "is_available"]
+from optcompile.lowering import math as sym
+from optcompile.lowering import stats
+from optcompile.lowering.backends import native_ops
+from optcompile.lowering.backends.base import Backend, ForwardFn, TensorLists, VjpFn
+from optcompile.lowering.backends.eager import run_vjp
+from optcompile.lowering.compose import compose
+from optcompile.lowering.kernel import Kernel, Variant
+from optcompile.lowering.trace import RuleIR, trace
 
-_NAME = "optcompile_native"
-# lowering/backends/native.py -> <repo>/csrc/adam
-_CSRC = Path(__file__).resolve().parents[2] / "csrc" / "adam"
-
-_lock = threading.Lock()
-_library: Path | None = None  # the loaded shared library, once loaded
-_build_error: BaseException | None = None  # a failed build is not retried in this process
-_smoke_tested: dict[str, bool] = {}
-
-
-def _with_cuda() -> bool:
-    # ROCm builds of torch report cuda as available too; the kernels are CUDA-only.
-    if not (torch.cuda.is_available() and torch.version.cuda):
-        return False
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    return CUDA_HOME is not None
+__all__ = ["NativeBackend"]
 
 
-def build_directory() -> Path:
-    """Where the kernels are compiled and cached.
-
-    ``$OPTCOMPILE_NATIVE_DIR`` (default ``~/.cache/optcompile/native``), then one folder per
-    torch version and device kind, so that a torch upgrade never loads a stale library.
-
-    Returns:
-        The build directory (not created here).
-    """
-    root = os.environ.get("OPTCOMPILE_NATIVE_DIR") or Path.home() / ".cache/optcompile/native"
-    kind = "cuda" if _with_cuda() else "cpu"
-    return Path(root) / f"torch-{torch.__version__}-{kind}"
+def _adam(g, mu, nu, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, count):
+    mu = b1 * mu + (1 - b1) * g
+    nu = b2 * nu + (1 - b2) * g**2
+    mu_hat = mu / (1 - b1**count)
+    nu_hat = nu / (1 - b2**count)
+    return mu_hat / (sym.sqrt(nu_hat + eps_root) + eps), (mu, nu)
 
 
-def _cuda_arch_flags() -> list[str]:
-    # Explicit -gencode flags for the visible GPUs (plus PTX for the newest), which is what
-    # cpp_extension does by default, minus its log line; TORCH_CUDA_ARCH_LIST still wins.
-    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return []
-    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    flags = [f"-gencode=arch=compute_{a}{b},code=sm_{a}{b}" for a, b in caps]
-    a, b = caps[-1]
-    return [*flags, f"-gencode=arch=compute_{a}{b},code=compute_{a}{b}"]
+def _neg_lr(g, *, lr=1e-3):
+    return -lr * g, ()
 
 
-def _compile_and_load() -> Path:
-    from torch.utils import cpp_extension
-
-    sources = [_CSRC / "adam.cpp"]
-    cuda = _with_cuda()
-    if cuda:
-        sources.append(_CSRC / "adam_cuda.cu")
-    missing = [str(s) for s in [*sources, _CSRC / "adam.h"] if not s.is_file()]
-    if missing:
-        raise FileNotFoundError(f"native Adam sources not found: {', '.join(missing)}")
-    out = build_directory()
-    out.mkdir(parents=True, exist_ok=True)
-    library = out / f"{_NAME}.so"
-    newest = max(s.stat().st_mtime for s in [*sources, _CSRC / "adam.h"])
-    if not library.is_file() or library.stat().st_mtime < newest:
-        # Ninja decides what to rebuild; this only predicts it, to explain the pause.
-        print("optcompile: building the native Adam kernels (once, ~1 min)...", file=sys.stderr)
-    cpp_extension.load(
-        name=_NAME,
-        sources=[str(s) for s in sources],
-        # -fno-math-errno lets gcc vectorise sqrt (the values are unchanged).
-        extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],
-        extra_ldflags=["-fopenmp"],
-        extra_cuda_cflags=["-O3", *_cuda_arch_flags()] if cuda else None,
-        build_directory=str(out),
-        with_cuda=cuda,
-        # A plain shared library holding TORCH_LIBRARY registrations: no pybind11 module.
-        is_python_module=False,
-        verbose=False,
-    )
-    _register_fakes()
-    return library
+@functools.cache
+def _patterns() -> dict[str, RuleIR]:
+    adam = trace(_adam, ("mu", "nu"))
+    return {"adam": adam, "adam*-lr": compose([adam, trace(_neg_lr, ())], "adam*-lr")}
 
 
-def _register_fakes() -> None:
-    # Shapes only, so that FakeTensor / torch.compile can trace the ops. The kernels return
-    # contiguous tensors of g's shape, dtype and device, and a 0-d grad_step_size like
-    # step_size.
-    def forward_fake(
-        g: torch.Tensor,
-        mu: torch.Tensor,
-        nu: torch.Tensor,
-        step_size: torch.Tensor,
-        count: torch.Tensor,
-        b1: float,
-        b2: float,
-        eps: float,
-        eps_root: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return g.new_empty(g.shape), g.new_empty(g.shape), g.new_empty(g.shape)
-
-    def backward_fake(
-        grad_update: torch.Tensor,
-        grad_new_mu: torch.Tensor | None,
-        grad_new_nu: torch.Tensor | None,
-        g: torch.Tensor,
-        mu: torch.Tensor,
-        nu: torch.Tensor,
-        step_size: torch.Tensor,
-        count: torch.Tensor,
-        b1: float,
-        b2: float,
-        eps: float,
-        eps_root: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        shape = g.shape
-        return g.new_empty(shape), g.new_empty(shape), g.new_empty(shape), step_size.new_empty(())
-
-    torch.library.register_fake("optcompile::adam_forward", forward_fake)
-    torch.library.register_fake("optcompile::adam_backward", backward_fake)
+def _match(ir: RuleIR) -> str | None:
+    """The name of the reference pattern ``ir`` computes, or None."""
+    for name, pattern in _patterns().items():
+        if (
+            len(ir.tensor_inputs) != len(pattern.tensor_inputs)
+            or len(ir.scalar_inputs) != len(pattern.scalar_inputs)
+            or (ir.count is None) != (pattern.count is None)
+        ):
+            continue
+        renaming = dict(zip(ir.tensor_inputs, pattern.tensor_inputs, strict=True))
+        renaming.update(zip(ir.scalar_inputs, pattern.scalar_inputs, strict=True))
+        # Structural equality: the same maths written the same way. A rule that computes Adam
+        # differently is simply not recognised (and runs on another backend).
+        if tuple(out.xreplace(renaming) for out in ir.outputs) == pattern.outputs:
+            return name
+    return None
 
 
-def _load() -> Path:
-    """Build (if needed) and load the kernels once per process; raise if that fails."""
-    global _library, _build_error
-    with _lock:
-        if _library is None and _build_error is None:
-            try:
-                _library = _compile_and_load()
-            except Exception as err:  # compiler, ninja, linker and loader errors alike
-                _build_error = err
-        if _build_error is not None:
-            raise RuntimeError(
-                "optcompile: the native Adam kernels could not be built or loaded; use "
-                "backend='inductor' or backend='eager' instead. Cause: "
-                f"{type(_build_error).__name__}: {_build_error}"
-            ) from _build_error
-        assert _library is not None
-        return _library
+class NativeBackend(Backend):
+    """Runs Adam kernels on ``torch.ops.optcompile.adam_forward`` / ``adam_backward``."""
 
+    name = "native"
 
-def build() -> Path:
-    """Compile the native kernels now (ahead of time) and load them.
+    def __init__(self) -> None:
+        # Weak keys, not id(kernel): kernels are evicted from the fused-kernel cache, and a new
+        # kernel at a dead one's address must not inherit its match.
+        self._patterns: weakref.WeakKeyDictionary[Kernel, str | None] = weakref.WeakKeyDictionary()
 
-    Also ``python -m optcompile.lowering.backends.native``. Compiles for the CPU, and for
-    CUDA too when ``torch.cuda.is_available()`` and a CUDA toolkit (``CUDA_HOME``) is found.
+    def _pattern(self, kernel: Kernel) -> str | None:
+        if kernel not in self._patterns:
+            self._patterns[kernel] = _match(kernel.ir)
+        return self._patterns[kernel]
 
-    Returns:
-        The path of the shared library.
-
-    Raises:
-        RuntimeError: The build or the load failed; the message holds the compiler output.
-    """
-    return _load()
-
-
-def is_available(device: torch.device | str | int = "cpu") -> bool:
-    """Whether the native kernels run on ``device``; builds them on the first call.
-
-    Never raises: a failed build, a device kind other than ``cpu``/``cuda``, or ``cuda``
-    without a GPU or CUDA toolkit all give False.
-
-    Args:
-        device: A device, as ``torch.device`` accepts it.
-
-    Returns:
-        True when one step on a small tensor on ``device`` ran.
-    """
-    try:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not _with_cuda():
-            return False
-        if dev.type not in ("cpu", "cuda"):
-            return False
-        _load()
-        key = str(dev)
-        if key not in _smoke_tested:
-            # Running the op catches what loading cannot, e.g. a GPU the build has no code for.
-            x = torch.ones(3, device=dev)
-            one = torch.ones((), device=dev)
-            update = torch.ops.optcompile.adam_forward(x, x, x, one, one, 0.9, 0.999, 1e-8, 0.0)
-            _smoke_tested[key] = bool(torch.isfinite(update[0]).all())
-        return _smoke_tested[key]
-    except Exception:
-        return False
-
-
-class NativeAdamFunction(torch.autograd.Function):
-    """One Adam step through the native kernels, with their exact, NaN-safe backward.
-
-    ``apply(g, mu, nu, step_size, count, b1, b2, eps, eps_root)`` returns
-    ``(update, new_mu, new_nu)``; see :func:`adam_step`. Saves only the inputs; the backward
-    kernel recomputes the forward. First-order only: a backward with ``create_graph=True``
-    raises, because the backward kernel is not itself differentiable.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        g: torch.Tensor,
-        mu: torch.Tensor,
-        nu: torch.Tensor,
-        step_size: torch.Tensor,
-        count: torch.Tensor,
-        b1: float,
-        b2: float,
-        eps: float,
-        eps_root: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # None cotangents reach the kernel as "absent", not as materialised zero tensors.
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(g, mu, nu, step_size, count)
-        ctx.hypers = (b1, b2, eps, eps_root)
-        update, new_mu, new_nu = torch.ops.optcompile.adam_forward(
-            g, mu, nu, step_size, count, b1, b2, eps, eps_root
-        )
-        return update, new_mu, new_nu
-
-    @staticmethod
-    def backward(
-        ctx: Any,
-        grad_update: torch.Tensor | None,
-        grad_new_mu: torch.Tensor | None,
-        grad_new_nu: torch.Tensor | None,
-    ) -> tuple[torch.Tensor | None, ...]:
-        none9: tuple[None, ...] = (None,) * 9
-        if grad_update is None and grad_new_mu is None and grad_new_nu is None:
-            return none9
-        saved = ctx.saved_tensors
-        g, mu, nu, step_size, count = saved
-        cotangents = [t for t in (grad_update, grad_new_mu, grad_new_nu) if t is not None]
-        # With create_graph=True grad mode is on here; if anything would be recorded, a
-        # silently constant backward would give wrong higher-order gradients, so refuse.
-        if torch.is_grad_enabled() and any(t.requires_grad for t in [*saved, *cotangents]):
-            raise RuntimeError(
-                "optcompile: the native Adam kernel's backward is not itself differentiable, "
-                "so higher-order gradients (create_graph=True) cannot pass through it; use "
-                'backend="eager" (or "inductor") for this optimizer instead'
+    def supports(self, kernel: Kernel, device: torch.device) -> str | None:
+        if self._pattern(kernel) is None:
+            return (
+                "the native kernels cover Adam only (scale_by_adam, optionally followed by "
+                f"scale_by_neg_lr), not {kernel.name}"
             )
-        if grad_update is None:
-            grad_update = torch.zeros_like(g)  # the kernel takes U; only mu/nu cotangents here
-        grads = torch.ops.optcompile.adam_backward(
-            grad_update, grad_new_mu, grad_new_nu, g, mu, nu, step_size, count, *ctx.hypers
-        )
-        needed = ctx.needs_input_grad
-        return (
-            *(gr if need else None for gr, need in zip(grads, needed[:4], strict=True)),
-            *none9[4:],
-        )
+        if not native_ops.is_available(device):
+            return f"the native Adam extension is not available on {device.type}"
+        return None
 
+    def forward(self, kernel: Kernel) -> ForwardFn:
+        def run(tensor_lists: TensorLists, scalars: Sequence[torch.Tensor]) -> list:
+            native_ops.build()  # loaded once; also when called without supports() first
+            stats.record(self.name, "steps")
+            step_size, count, hypers = self._unpack(kernel, scalars)
+            outputs = [
+                torch.ops.optcompile.adam_forward(g, mu, nu, step_size, count, *hypers)
+                for g, mu, nu in zip(*tensor_lists, strict=True)
+            ]
+            return [list(column) for column in zip(*outputs, strict=True)]
 
-def adam_step(
-    g: torch.Tensor,
-    mu: torch.Tensor,
-    nu: torch.Tensor,
-    step_size: torch.Tensor,
-    count: torch.Tensor,
-    *,
-    b1: float,
-    b2: float,
-    eps: float,
-    eps_root: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One differentiable Adam step of one tensor through the native kernels.
+        return run
 
-    .. math::
+    def vjp(self, kernel: Kernel) -> VjpFn:
+        def run(
+            variant: Variant,
+            cotangent_lists: Sequence,
+            tensor_lists: TensorLists,
+            scalars: Sequence[torch.Tensor],
+        ) -> tuple[list, list]:
+            # The kernel differentiates g, mu, nu and the step size; a learnable beta or eps
+            # needs the eager VJP.
+            if any(variant.needs_grad[3:7]):
+                stats.record("eager", "vjp_calls")
+                return run_vjp(kernel, variant, cotangent_lists, tensor_lists, scalars)
+            native_ops.build()
+            stats.record(self.name, "vjp_calls")
+            step_size, count, hypers = self._unpack(kernel, scalars)
+            ct_u, ct_mu, ct_nu = (
+                c if c is not None else [None] * len(tensor_lists[0]) for c in cotangent_lists
+            )
+            per_leaf = []
+            for i, (g, mu, nu) in enumerate(zip(*tensor_lists, strict=True)):
+                u_bar = ct_u[i] if ct_u[i] is not None else torch.zeros_like(g)
+                per_leaf.append(
+                    torch.ops.optcompile.adam_backward(
+                        u_bar, ct_mu[i], ct_nu[i], g, mu, nu, step_size, count, *hypers
+                    )
+                )
+            columns = list(zip(*per_leaf, strict=True))
+            tensor_grads = [list(columns[j]) if variant.needs_grad[j] else None for j in range(3)]
+            scalar_grads: list = [None] * 4
+            if self._pattern(kernel) == "adam*-lr":
+                needs_lr = variant.needs_grad[7]
+                scalar_grads.append(-torch.stack(columns[3]).sum() if needs_lr else None)
+            return tensor_grads, scalar_grads
 
-        m' = b_1 m + (1 - b_1) g, \\qquad v' = b_2 v + (1 - b_2) g^2, \\\\
-        u = s \\, \\frac{m' / (1 - b_1^t)}{\\sqrt{v' / (1 - b_2^t) + \\epsilon_{root}}
-        + \\epsilon}.
+        return run
 
-    Args:
-        g: The gradient (any floating dtype, any strides; mu and nu match its shape, dtype,
-            device).
-        mu: First moment m.
-        nu: Second moment v.
-        step_size: 0-d floating tensor s (e.g. ``-lr``); may require grad.
-        count: 0-d tensor t, the 1-based step number (integer or floating).
-        b1: Decay of the first moment.
-        b2: Decay of the second moment.
-        eps: Added outside the square root.
-        eps_root: Added inside the square root.
-
-    Returns:
-        ``(update, new_mu, new_nu)``, contiguous, of g's shape and dtype. Differentiable once
-        in every tensor input but count; d sqrt(x)/dx at x = 0 is taken as 0.
-
-    Raises:
-        RuntimeError: The kernels could not be built (the message says why), or, during a
-            backward with ``create_graph=True``, higher-order gradients were requested.
-
-    Examples:
-        >>> g = torch.tensor([1.0, 0.0])
-        >>> zero = torch.zeros(2)
-        >>> u, mu, nu = adam_step(g, zero, zero, torch.tensor(-1e-3), torch.tensor(1),
-        ...                       b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0)
-        >>> u
-        tensor([-0.0010, 0.0000])
-    """
-    if _library is None:  # a constant once loaded, so torch.compile never traces _load()
-        _load()
-    # Function.apply is untyped in torch's stubs.
-    update, new_mu, new_nu = NativeAdamFunction.apply(  # type: ignore[no-untyped-call]
-        g, mu, nu, step_size, count, b1, b2, eps, eps_root
-    )
-    return update, new_mu, new_nu
-
-
-if __name__ == "__main__":
-    print(build())
+    def _unpack(
+        self, kernel: Kernel, scalars: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        b1, b2, eps, eps_root = (float(s) for s in scalars[:4])
+        count = scalars[-1]
+        if self._pattern(kernel) == "adam*-lr":
+            step_size = -scalars[4].detach()
+        else:
+            # float64 whatever count's dtype: the op wants a floating step size.
+            step_size = torch.ones((), dtype=torch.float64, device=count.device)
+        return step_size, count, [b1, b2, eps, eps_root]

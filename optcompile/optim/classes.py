@@ -28,11 +28,14 @@ def _signature(
     drop: Sequence[str],
 ) -> inspect.Signature:
     params = {p.name: p for p in inspect.signature(fn).parameters.values() if p.name not in drop}
-    names = list(order) + [n for n in params if n not in order] if order else list(params)
+    order = [n for n in order or () if n in params]
+    names = order + [n for n in params if n not in order]
     new = [inspect.Parameter(first, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for name in names:
         p = params[name]
-        new.append(p.replace(default=defaults.get(name, p.default)))
+        # Names in `order` are positional in TorchOpt (SGD's moment_requires_grad, maximize).
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if name in order else p.kind
+        new.append(p.replace(default=defaults.get(name, p.default), kind=kind))
     return inspect.Signature(new)
 
 
@@ -60,7 +63,11 @@ def _make(
     return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
 
-_SGD_ORDER = ("lr", "momentum", "weight_decay", "dampening", "nesterov")
+# TorchOpt's SGD classes take every argument positionally, in this order (weight_decay before
+# dampening, unlike sgd()); `moment_requires_grad` is dropped from the classic SGD.
+_SGD_ORDER = (
+    "lr", "momentum", "weight_decay", "dampening", "nesterov", "moment_requires_grad", "maximize",
+)
 _CLASSIC = {"first": "params", "drop": ("moment_requires_grad",)}
 
 SGD = _make(Optimizer, "SGD", alias.sgd, order=_SGD_ORDER, **_CLASSIC)

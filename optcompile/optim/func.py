@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from optcompile.base import GradientTransformation, UninitializedState
+from optcompile.decorator import first_order_active
 from optcompile.optim.base import _check_impl
 from optcompile.update import apply_updates
 
@@ -36,9 +37,8 @@ class FuncOptimizer:
             params, single = tuple(params), False
         if isinstance(self.optim_state, UninitializedState):
             self.optim_state = self.impl.init(params)
-        grads = torch.autograd.grad(
-            loss, params, create_graph=not inplace, allow_unused=True
-        )
+        create_graph = not inplace and not first_order_active()
+        grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
         updates, self.optim_state = self.impl.update(
             grads, self.optim_state, params=params, inplace=inplace
         )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from optcompile.base import GradientTransformation
+from optcompile.decorator import first_order_active
 from optcompile.optim.base import _check_impl, _check_state_groups
 from optcompile.update import apply_updates
 
@@ -90,11 +91,14 @@ class MetaOptimizer:
                 "loss does not require grad: it was computed without the module's parameters "
                 "or under torch.no_grad()"
             )
+        create_graph = not first_order_active()
         new_groups = []
         for slots, state in zip(self.param_slots_groups, self.state_groups):
             params = tuple(c[n] for c, n in slots)
             with torch.enable_grad():
-                grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+                grads = torch.autograd.grad(
+                    loss, params, create_graph=create_graph, allow_unused=True, retain_graph=True
+                )
                 updates, new_state = self.impl.update(grads, state, params=params, inplace=False)
                 new_params = apply_updates(params, updates, inplace=False)
             new_groups.append((slots, new_params, new_state))

@@ -7,13 +7,14 @@ from optcompile.rule import rule
 __all__ = ["scale", "scale_by_neg_lr", "flip_sign_and_add_weight_decay", "add_decayed_weights"]
 
 
-@rule
+# With a schedule the state is a step count: TorchOpt's ScaleByScheduleState(count=...).
+@rule(state_name="ScaleByScheduleState")
 def scale(g, *, step_size=1.0):
     r"""Scale the update by a constant: :math:`u = \alpha g`."""
     return step_size * g, ()
 
 
-@rule(domains={"lr": ">= 0"})
+@rule(domains={"lr": ">= 0"}, state_name="ScaleByScheduleState")
 def scale_by_neg_lr(g, *, lr=1e-3):
     r"""The last step of every alias: :math:`u = -\eta g` (a descent direction becomes a delta)."""
     return -lr * g, ()

@@ -1,0 +1,178 @@
+"""The MAML-style benchmark problem and every implementation compared on it.
+
+One outer iteration: K inner Adam steps (lr 1e-3, eps_root 0) of an MLP 128-H-H-10 with tanh on
+a 32-sample batch, then an MSE loss on 32 validation samples and its backward to the initial
+weights. Implementations: optcompile's MetaAdam on the inductor and eager backends;
+``torch.compile`` of a plain hand-written Adam step (backward derived by AOTAutograd) in a
+torch.func loop; TorchOpt's MetaAdam and higher's Adam when installed (extra ``bench``).
+
+Also runnable as a worker, ``python bench/maml_problem.py IMPL HIDDEN``, which prints the peak
+resident memory growth of one iteration (MiB) as JSON: memory is measured in a fresh process per
+configuration so that implementations do not share an allocator's history.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+INNER_STEPS = 5
+HIDDEN_FOR_SIZE = {"100k": 256, "1M": 930, "5M": 2170}
+
+
+def make_net(hidden: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(128, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+        nn.Linear(hidden, 10),
+    )  # fmt: skip
+
+
+def make_data() -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(1)
+    return tuple(torch.randn(32, d, generator=generator) for d in (128, 10, 128, 10))
+
+
+def parameter_count(hidden: int) -> int:
+    return sum(p.numel() for p in make_net(hidden).parameters())
+
+
+def optcompile_iteration(net: nn.Module, backend: str) -> Callable[[], None]:
+    import optcompile
+
+    x, y, xv, yv = make_data()
+    optim = optcompile.MetaAdam(net, lr=1e-3, backend=backend)
+    net_state = optcompile.extract_state_dict(net, by="reference")
+    optim_state = optcompile.extract_state_dict(optim, by="reference")
+
+    def iteration() -> None:
+        for _ in range(INNER_STEPS):
+            optim.step(((net(x) - y) ** 2).mean())
+        ((net(xv) - yv) ** 2).mean().backward()
+        optcompile.recover_state_dict(net, net_state)
+        optcompile.recover_state_dict(optim, optim_state)
+
+    return iteration
+
+
+def _plain_adam(params, grads, mus, nus, count):
+    new_p, new_m, new_v = [], [], []
+    for p, g, m, v in zip(params, grads, mus, nus):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        u = (m / (1 - 0.9**count)) / (torch.sqrt(v / (1 - 0.999**count)) + 1e-8)
+        new_p.append(p - 1e-3 * u)
+        new_m.append(m)
+        new_v.append(v)
+    return new_p, new_m, new_v
+
+
+def compiled_plain_adam_iteration(net: nn.Module) -> Callable[[], None]:
+    x, y, xv, yv = make_data()
+    names = [n for n, _ in net.named_parameters()]
+    step = torch.compile(_plain_adam, dynamic=False)
+
+    def loss(params, inputs, targets):
+        out = functional_call(net, dict(zip(names, params)), (inputs,))
+        return ((out - targets) ** 2).mean()
+
+    def iteration() -> None:
+        params = [p for p in net.parameters()]
+        mus = [torch.zeros_like(p) for p in params]
+        nus = [torch.zeros_like(p) for p in params]
+        for t in range(1, INNER_STEPS + 1):
+            grads = torch.autograd.grad(loss(params, x, y), params, create_graph=True)
+            params, mus, nus = step(params, grads, mus, nus, torch.tensor(float(t)))
+        loss(params, xv, yv).backward()
+
+    return iteration
+
+
+def torchopt_iteration(net: nn.Module) -> Callable[[], None]:
+    import torchopt
+
+    x, y, xv, yv = make_data()
+    optim = torchopt.MetaAdam(net, lr=1e-3)
+    net_state = torchopt.extract_state_dict(net, by="reference")
+    optim_state = torchopt.extract_state_dict(optim, by="reference")
+
+    def iteration() -> None:
+        for _ in range(INNER_STEPS):
+            optim.step(((net(x) - y) ** 2).mean())
+        ((net(xv) - yv) ** 2).mean().backward()
+        torchopt.recover_state_dict(net, net_state)
+        torchopt.recover_state_dict(optim, optim_state)
+
+    return iteration
+
+
+def higher_iteration(net: nn.Module) -> Callable[[], None]:
+    import higher
+
+    x, y, xv, yv = make_data()
+    inner = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def iteration() -> None:
+        with higher.innerloop_ctx(net, inner, copy_initial_weights=False) as (fnet, diffopt):
+            for _ in range(INNER_STEPS):
+                diffopt.step(((fnet(x) - y) ** 2).mean())
+            ((fnet(xv) - yv) ** 2).mean().backward()
+
+    return iteration
+
+
+IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
+    "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),
+    "optcompile-eager": lambda net: optcompile_iteration(net, "eager"),
+    "torch.compile-plain-adam": compiled_plain_adam_iteration,
+    "torchopt-0.7.3": torchopt_iteration,
+    "higher-0.2.1": higher_iteration,
+}
+
+
+def available(name: str) -> bool:
+    module = {"torchopt-0.7.3": "torchopt", "higher-0.2.1": "higher"}.get(name)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def main() -> None:
+    """Peak memory of one iteration above the memory held between iterations.
+
+    Run with ``MALLOC_MMAP_THRESHOLD_=65536`` (the caller sets it) so that every tensor above
+    64 KiB is its own mapping, returned to the system when freed: resident memory then follows
+    live tensor bytes. ``/proc/self/clear_refs`` resets the peak (VmHWM) after warm-up.
+    """
+    impl, hidden = sys.argv[1], int(sys.argv[2])
+    torch.set_num_threads(1)
+    iteration = IMPLEMENTATIONS[impl](make_net(hidden))
+    iteration()  # warm-up: compile, caches
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    baseline = _status_mib("VmRSS")
+    iteration()
+    peak = _status_mib("VmHWM")
+    print(json.dumps({"peak_growth_mib": peak - baseline, "baseline_mib": baseline}))
+
+
+if __name__ == "__main__":
+    main()
