@@ -27,9 +27,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    line = " | ".join(c.ljust(w) for c, w in zip(columns, widths))
+    line = " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
     rule = "-|-".join("-" * w for w in widths)
-    body = [" | ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    body = [" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join([line, rule, *body])
 
 
@@ -73,7 +73,7 @@ def _plot(suite: str, rows: list[dict[str, Any]], x: str, y: str, series: str) -
     for name in dict.fromkeys(r[series] for r in rows):
         points = sorted((r[x], r[y]) for r in rows if r[series] == name and y in r)
         if points:
-            ax.plot(*zip(*points), marker="o", label=str(name))
+            ax.plot(*zip(*points, strict=True), marker="o", label=str(name))
     ax.set_xscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(y)

@@ -7,7 +7,6 @@ never absolute times across runs.
 
 import pytest
 import torch
-
 from _report import write_reports
 
 PLOTS = {

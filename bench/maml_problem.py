@@ -64,7 +64,7 @@ def optcompile_iteration(net: nn.Module, backend: str) -> Callable[[], None]:
 
 def _plain_adam(params, grads, mus, nus, count):
     new_p, new_m, new_v = [], [], []
-    for p, g, m, v in zip(params, grads, mus, nus):
+    for p, g, m, v in zip(params, grads, mus, nus, strict=True):
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
         u = (m / (1 - 0.9**count)) / (torch.sqrt(v / (1 - 0.999**count)) + 1e-8)
@@ -80,7 +80,7 @@ def compiled_plain_adam_iteration(net: nn.Module) -> Callable[[], None]:
     step = torch.compile(_plain_adam, dynamic=False)
 
     def loss(params, inputs, targets):
-        out = functional_call(net, dict(zip(names, params)), (inputs,))
+        out = functional_call(net, dict(zip(names, params, strict=True)), (inputs,))
         return ((out - targets) ** 2).mean()
 
     def iteration() -> None:

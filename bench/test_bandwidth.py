@@ -12,10 +12,9 @@ import time
 
 import pytest
 import torch
+from _report import add_row
 
 import optcompile
-from _report import add_row
-from optcompile.lowering.autograd import apply_kernel
 from optcompile.lowering.backends import get_backend
 from optcompile.lowering.kernel import Variant
 

@@ -10,9 +10,9 @@ import sys
 import time
 
 import torch
+from _report import add_row
 
 import optcompile
-from _report import add_row
 from optcompile.lowering.stats import reset_stats, stats
 
 FIRST_STEP = """

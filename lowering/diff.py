@@ -54,9 +54,7 @@ def _derivative(expr: sympy.Basic, x: sympy.Symbol, memo: dict) -> sympy.Expr:
         result = sympy.Add(*terms)
     elif isinstance(expr, sympy.Piecewise):
         branches = [(_derivative(value, x, memo), cond) for value, cond in expr.args]
-        result = (
-            _ZERO if all(value == 0 for value, _ in branches) else sympy.Piecewise(*branches)
-        )
+        result = _ZERO if all(value == 0 for value, _ in branches) else sympy.Piecewise(*branches)
     else:
         row = derivative_rule(type(expr))
         if row is None:

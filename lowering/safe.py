@@ -100,9 +100,7 @@ DERIVATIVES: tuple[DerivativeRule, ...] = (
         "d min(a, b) = [a < b] da + [b < a] db; at a tie each argument gets 1/2.",
     ),
     DerivativeRule(sympy.exp, lambda x: (sympy.exp(x),), "Finite wherever exp(x) is."),
-    DerivativeRule(
-        sympy.log, lambda x: (1 / x,), "1/x: finite wherever log(x) is (x > 0)."
-    ),
+    DerivativeRule(sympy.log, lambda x: (1 / x,), "1/x: finite wherever log(x) is (x > 0)."),
 )
 
 _BY_HEAD = {row.head: row for row in DERIVATIVES}

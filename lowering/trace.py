@@ -159,8 +159,7 @@ def trace(fn: Callable, state: tuple[str, ...]) -> RuleIR:
 
 def _check_result_shape(name: str, result: object, n_state: int) -> tuple[sympy.Expr, ...]:
     shape_help = (
-        f"rule {name} must return (new_update, (new_state_1, ...)) with {n_state} state "
-        f"value(s)"
+        f"rule {name} must return (new_update, (new_state_1, ...)) with {n_state} state value(s)"
     )
     if not isinstance(result, tuple) or len(result) != 2:
         raise RuleError(f"{shape_help}; got {type(result).__name__} {result!r}")

@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
+from optcompile import transform as _transform
 from optcompile.base import GradientTransformation
 from optcompile.combine import ChainedGradientTransformation
 from optcompile.errors import HyperparameterError
+from optcompile.fused import from_rule
 from optcompile.rules import adam as _adam
 from optcompile.rules import rms as _rms
 from optcompile.rules import sgd as _sgd
-from optcompile import transform as _transform
 from optcompile.rules.basic import flip_sign_and_add_weight_decay, scale_by_neg_lr
-from optcompile.fused import from_rule
 
 __all__ = ["sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop"]
 
@@ -33,8 +33,9 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _check(name: str, value: Any, low: float, high: float = float("inf"), *,
-           high_open: bool = False) -> None:
+def _check(
+    name: str, value: Any, low: float, high: float = float("inf"), *, high_open: bool = False
+) -> None:
     """Raise HyperparameterError naming ``name`` unless ``low <= value <= high`` (or < high)."""
     number = _number(value)
     if number is None:
@@ -44,8 +45,10 @@ def _check(name: str, value: Any, low: float, high: float = float("inf"), *,
     above = number >= low
     below = number < high if high_open else number <= high
     if not (above and below):
-        domain = f"[{low:g}, {high:g}{')' if high_open else ']'}" if high != float("inf") else (
-            f">= {low:g}"
+        domain = (
+            f"[{low:g}, {high:g}{')' if high_open else ']'}"
+            if high != float("inf")
+            else (f">= {low:g}")
         )
         raise HyperparameterError(name, value, domain)
 
@@ -119,7 +122,9 @@ def sgd(
             moment_requires_grad=moment_requires_grad,
             backend=backend,
         )
-    return _chain(_flip_and_decay(weight_decay, maximize, backend), momentum_tx, _neg_lr(lr, backend))
+    return _chain(
+        _flip_and_decay(weight_decay, maximize, backend), momentum_tx, _neg_lr(lr, backend)
+    )
 
 
 def adam(
@@ -134,7 +139,7 @@ def adam(
     use_accelerated_op: bool = False,
     backend: str | None = None,
 ) -> ChainedGradientTransformation:
-    r"""Adam (Kingma & Ba, 2014) with L2 weight decay added to the gradient, as ``torch.optim.Adam``.
+    r"""Adam (Kingma & Ba, 2014), L2 weight decay added to the gradient; as ``torch.optim.Adam``.
 
     .. math:: \Delta p = -\eta \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
 
@@ -344,7 +349,7 @@ def rmsprop(
     maximize: bool = False,
     backend: str | None = None,
 ) -> ChainedGradientTransformation:
-    r"""RMSProp (Tieleman & Hinton, 2012), plain or centred, with momentum; as ``torch.optim.RMSprop``."""
+    r"""RMSProp (Tieleman & Hinton, 2012), plain or centred, with momentum (torch.optim.RMSprop)."""
     _check("lr", lr, 0.0)
     _check("alpha", alpha, 0.0, 1.0)
     _check("eps", eps, 0.0)

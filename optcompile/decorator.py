@@ -60,9 +60,7 @@ def first_order_active() -> bool:
     return settings is not None and settings.first_order
 
 
-def optcompile(
-    fn: F | None = None, *, backend: str = "inductor", first_order: bool = False
-) -> Any:
+def optcompile(fn: F | None = None, *, backend: str = "inductor", first_order: bool = False) -> Any:
     """Decorate an inner loop so its optimizer steps run fused on ``backend``.
 
     Args:

@@ -60,7 +60,9 @@ class Rule:
         self.domains: dict[str, Domain] = {}
         for hyper, text in (domains or {}).items():
             if hyper not in self.defaults:
-                raise RuleError(f"rule {self.name}: domains= names {hyper!r}, not a hyper-parameter")
+                raise RuleError(
+                    f"rule {self.name}: domains= names {hyper!r}, not a hyper-parameter"
+                )
             self.domains[hyper] = parse_domain(text)
             self.domains[hyper].validate(f"{self.name}: default {hyper}", self.defaults[hyper])
         self.init: dict[str, float | str] = dict(init or {})
@@ -122,6 +124,7 @@ def rule(
     Raises:
         RuleError: the declaration breaks a convention (raised here, at declaration).
     """
+
     def wrap(f: Callable) -> Rule:
         return Rule(f, state=tuple(state), init=init, domains=domains, state_name=state_name)
 
@@ -157,7 +160,10 @@ def explain_ir(kernel: Kernel) -> str:
     variant = Variant((True,) * (n_tensor + n_hyper), (True,) * len(ir.outputs))
     grads = kernel.vjp_expressions(variant)
     wrt = [*ir.tensor_inputs, *ir.hypers]
-    present = [(f"d{x.name}", g if g is not None else sympy.Integer(0)) for x, g in zip(wrt, grads)]
+    present = [
+        (f"d{x.name}", g if g is not None else sympy.Integer(0))
+        for x, g in zip(wrt, grads, strict=True)
+    ]
     lines.append(
         "backward (VJP; ct_* are the incoming cotangents; hyper-parameter rows are summed over "
         "elements):"

@@ -43,14 +43,14 @@ __all__ = [
 
 
 def scale(step_size: Any, *, backend: str | None = None) -> RuleTransformation:
-    r"""Multiply updates by ``step_size`` (a number, 0-d tensor or schedule): :math:`u = \alpha g`."""
+    r"""Multiply updates by ``step_size`` (number, 0-d tensor or schedule): :math:`u = \alpha g`."""
     return from_rule(_basic.scale, step_size=step_size, backend=backend)
 
 
 def scale_by_schedule(
     step_size_fn: Callable[[Any], Any], *, backend: str | None = None
 ) -> RuleTransformation:
-    r"""Multiply updates by ``step_size_fn(count)``, ``count`` the 0-based step: :math:`u = \alpha_t g`."""
+    r"""Multiply updates by ``step_size_fn(count)`` (0-based count): :math:`u = \alpha_t g`."""
     if not callable(step_size_fn):
         raise TypeError(f"step_size_fn={step_size_fn!r} must be a callable of the step count")
     return from_rule(_basic.scale, step_size=step_size_fn, backend=backend)

@@ -48,8 +48,9 @@ def _mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _float_leaves(tree) -> list[torch.Tensor]:
-    return [t for t in optree.tree_leaves(tree) if isinstance(t, torch.Tensor)
-            and t.is_floating_point()]
+    return [
+        t for t in optree.tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
 
 
 class Net(nn.Module):
@@ -66,12 +67,20 @@ class Net(nn.Module):
 # ------------------------------------------------------------------ meta-gradients vs FD
 
 META_CASES = [
-    ("MetaSGD-momentum", oc.MetaSGD, {"lr": 0.1, "momentum": 0.9, "dampening": 0.1,
-                                      "weight_decay": 0.01}, K),
+    (
+        "MetaSGD-momentum",
+        oc.MetaSGD,
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01},
+        K,
+    ),
     ("MetaSGD-nesterov", oc.MetaSGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}, K),
     ("MetaAdam", oc.MetaAdam, {"lr": 0.05}, K),
-    ("MetaAdam-decay-eps_root", oc.MetaAdam, {"lr": 0.05, "weight_decay": 0.01,
-                                              "eps_root": 1e-8}, K),
+    (
+        "MetaAdam-decay-eps_root",
+        oc.MetaAdam,
+        {"lr": 0.05, "weight_decay": 0.01, "eps_root": 1e-8},
+        K,
+    ),
     ("MetaAdamW", oc.MetaAdamW, {"lr": 0.05, "weight_decay": 0.1}, K),
     ("MetaAdamax", oc.MetaAdamax, {"lr": 0.05}, K),
     ("MetaAdagrad", oc.MetaAdagrad, {"lr": 0.1, "lr_decay": 0.01}, K),
@@ -79,8 +88,12 @@ META_CASES = [
     ("MetaRAdam", oc.MetaRAdam, {"lr": 0.05}, K),
     # RAdam is un-rectified while rho_t <= 5, i.e. for t <= 5: 7 steps reach the rectified branch.
     ("MetaRAdam-rectified", oc.MetaRAdam, {"lr": 0.05}, 7),
-    ("MetaRMSprop-centered-momentum", oc.MetaRMSprop,
-     {"lr": 0.01, "centered": True, "momentum": 0.9}, K),
+    (
+        "MetaRMSprop-centered-momentum",
+        oc.MetaRMSprop,
+        {"lr": 0.01, "centered": True, "momentum": 0.9},
+        K,
+    ),
 ]
 
 
@@ -104,8 +117,9 @@ def _outer_loss(cls, kwargs, steps, scale, init=None, direction=None, eps=0.0):
     return _mse(net(x_val), y_val), params0, optimizer
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "steps"), [c[1:] for c in META_CASES],
-                         ids=[c[0] for c in META_CASES])
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "steps"), [c[1:] for c in META_CASES], ids=[c[0] for c in META_CASES]
+)
 def test_meta_gradient_matches_finite_differences(cls, kwargs, steps):
     scale = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     outer, params0, _ = _outer_loss(cls, kwargs, steps, scale)
@@ -144,8 +158,11 @@ def test_lr_hypergradient_of_one_sgd_step_on_the_seed_net():
 
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
-    [(oc.MetaSGD, {"momentum": 0.9}), (oc.MetaSGD, {"momentum": 0.9, "nesterov": True}),
-     (oc.MetaAdam, {})],
+    [
+        (oc.MetaSGD, {"momentum": 0.9}),
+        (oc.MetaSGD, {"momentum": 0.9, "nesterov": True}),
+        (oc.MetaAdam, {}),
+    ],
     ids=["MetaSGD-momentum", "MetaSGD-nesterov", "MetaAdam"],
 )
 def test_lr_hypergradient_through_k_steps_matches_finite_differences(cls, kwargs):
@@ -170,9 +187,11 @@ D, HIDDEN = 3, 4
 
 def _shared_weights():
     generator = torch.Generator().manual_seed(5)
-    return (torch.randn(HIDDEN, D, dtype=torch.float64, generator=generator),
-            torch.randn(HIDDEN, dtype=torch.float64, generator=generator),
-            torch.randn(HIDDEN, dtype=torch.float64, generator=generator))
+    return (
+        torch.randn(HIDDEN, D, dtype=torch.float64, generator=generator),
+        torch.randn(HIDDEN, dtype=torch.float64, generator=generator),
+        torch.randn(HIDDEN, dtype=torch.float64, generator=generator),
+    )
 
 
 class Plain(nn.Module):
@@ -254,9 +273,14 @@ def test_unused_parameter_keeps_its_tensor():
 
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
-    [(oc.MetaAdam, {"lr": 0.05}), (oc.MetaSGD, {"lr": 0.1, "momentum": 0.9}),
-     (oc.MetaAdadelta, {}), (oc.MetaRAdam, {"lr": 0.05}), (oc.MetaAdamax, {"lr": 0.05}),
-     (oc.MetaAdamW, {"lr": 0.05})],
+    [
+        (oc.MetaAdam, {"lr": 0.05}),
+        (oc.MetaSGD, {"lr": 0.1, "momentum": 0.9}),
+        (oc.MetaAdadelta, {}),
+        (oc.MetaRAdam, {"lr": 0.05}),
+        (oc.MetaAdamax, {"lr": 0.05}),
+        (oc.MetaAdamW, {"lr": 0.05}),
+    ],
     ids=["MetaAdam", "MetaSGD", "MetaAdadelta", "MetaRAdam", "MetaAdamax", "MetaAdamW"],
 )
 def test_moment_requires_grad(cls, kwargs):
@@ -293,13 +317,15 @@ def test_moment_gradient_matches_finite_differences(field, base):
     FD evaluations never see a negative second moment.
     """
     generator = torch.Generator().manual_seed(7)
-    direction = [torch.randn(p.shape, dtype=torch.float64, generator=generator).abs()
-                 for p in _mlp().parameters()]
+    direction = [
+        torch.randn(p.shape, dtype=torch.float64, generator=generator).abs()
+        for p in _mlp().parameters()
+    ]
 
     def run(eps):
         net = _mlp()
         optimizer = oc.MetaAdam(net, lr=0.05)
-        (adam_state, *_), = optimizer.state_dict()
+        ((adam_state, *_),) = optimizer.state_dict()
         moments = getattr(adam_state, field)
         with torch.no_grad():
             for m, v in zip(moments, direction, strict=True):
@@ -339,6 +365,7 @@ def test_func_optimizer_adam_steps_equal_meta_adam():
     names = [n for n, _ in model.named_parameters()]
     params0_func = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
     func = oc.FuncOptimizer(oc.adam(lr=0.05, moment_requires_grad=True))
+
     def forward(params, inputs):
         return functional_call(model, dict(zip(names, params, strict=True)), (inputs,))
 
@@ -447,8 +474,12 @@ def test_unrolled_steps_save_only_their_inputs():
     for node, state in zip(reversed(nodes), states, strict=True):
         saved = node.saved_tensors
         assert len(saved) == len(node.next_functions)  # one saved tensor per input, no more
-        grads, mu, nu, scalars = (saved[:n_leaves], saved[n_leaves:2 * n_leaves],
-                                  saved[2 * n_leaves:3 * n_leaves], saved[3 * n_leaves:])
+        grads, mu, nu, scalars = (
+            saved[:n_leaves],
+            saved[n_leaves : 2 * n_leaves],
+            saved[2 * n_leaves : 3 * n_leaves],
+            saved[3 * n_leaves :],
+        )
         for got, expected in zip(mu + nu, list(state.mu) + list(state.nu), strict=True):
             assert got.data_ptr() == expected.data_ptr() and got.shape == expected.shape
         assert [g.shape for g in grads] == [p.shape for p in net.parameters()]
@@ -509,7 +540,8 @@ def test_step_on_a_loss_that_does_not_require_grad():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: nn.Linear(2, 1).double().requires_grad_(False), lambda: nn.ReLU()],
+    "make",
+    [lambda: nn.Linear(2, 1).double().requires_grad_(False), lambda: nn.ReLU()],
     ids=["frozen", "no-parameters"],
 )
 def test_module_without_trainable_parameters(make):
@@ -527,8 +559,11 @@ def test_recover_a_module_state_of_another_structure():
     other_count = nn.Sequential(nn.Linear(2, 3)).double()
     snapshot = _snapshot(net)
     # The first dict of other_keys fits; it must not be written before the second is refused.
-    with pytest.raises(ValueError, match=r"state.params\[1\] has keys \['weight'\] but the "
-                                         r"module has \['bias', 'weight'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"state.params\[1\] has keys \['weight'\] but the "
+        r"module has \['bias', 'weight'\]",
+    ):
         oc.recover_state_dict(net, oc.extract_state_dict(other_keys))
     with pytest.raises(ValueError, match=r"state.params holds 1 dicts but the module has 2"):
         oc.recover_state_dict(net, oc.extract_state_dict(other_count))

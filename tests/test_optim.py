@@ -94,8 +94,12 @@ CASES = [
         {"lr": 0.01, "weight_decay": 0.1},
     ),
     (oc.Adamax, {}, torch.optim.Adamax, {}),  # both default to lr=2e-3, eps=1e-8
-    (oc.AdaMax, {"lr": 0.01, "weight_decay": 0.01}, torch.optim.Adamax,
-     {"lr": 0.01, "weight_decay": 0.01}),
+    (
+        oc.AdaMax,
+        {"lr": 0.01, "weight_decay": 0.01},
+        torch.optim.Adamax,
+        {"lr": 0.01, "weight_decay": 0.01},
+    ),
     (oc.Adagrad, {"lr": 0.1}, torch.optim.Adagrad, {"lr": 0.1}),
     (
         oc.AdaGrad,
@@ -104,12 +108,20 @@ CASES = [
         {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.1},
     ),
     (oc.Adadelta, {}, torch.optim.Adadelta, {"lr": 1.0}),  # TorchOpt's class default lr is 1.0
-    (oc.AdaDelta, {"rho": 0.8, "weight_decay": 0.01}, torch.optim.Adadelta,
-     {"lr": 1.0, "rho": 0.8, "weight_decay": 0.01}),
+    (
+        oc.AdaDelta,
+        {"rho": 0.8, "weight_decay": 0.01},
+        torch.optim.Adadelta,
+        {"lr": 1.0, "rho": 0.8, "weight_decay": 0.01},
+    ),
     # 20 steps cover both RAdam branches: rho_t <= 5 (un-adapted) until step 5, rectified after.
     (oc.RAdam, {"lr": 0.01}, torch.optim.RAdam, {"lr": 0.01}),
-    (oc.RAdam, {"lr": 0.01, "weight_decay": 0.01}, torch.optim.RAdam,
-     {"lr": 0.01, "weight_decay": 0.01}),
+    (
+        oc.RAdam,
+        {"lr": 0.01, "weight_decay": 0.01},
+        torch.optim.RAdam,
+        {"lr": 0.01, "weight_decay": 0.01},
+    ),
     (oc.RMSprop, {"lr": 0.01}, torch.optim.RMSprop, {"lr": 0.01}),
     (
         oc.RMSProp,
@@ -171,8 +183,9 @@ def test_parameter_without_gradient_is_skipped_like_torch():
 @pytest.mark.parametrize("cls", [oc.SGD, oc.Adam])
 def test_linear_schedule_lr_matches_lambda_lr(cls):
     def make():
-        return linear_schedule(init_value=0.1, end_value=0.01, transition_steps=10,
-                               transition_begin=3)
+        return linear_schedule(
+            init_value=0.1, end_value=0.01, transition_steps=10, transition_begin=3
+        )
 
     kwargs = {"momentum": 0.9} if cls is oc.SGD else {}
     torch_cls = torch.optim.SGD if cls is oc.SGD else torch.optim.Adam
@@ -187,8 +200,9 @@ def test_linear_schedule_lr_matches_lambda_lr(cls):
 
 
 def test_linear_schedule_values():
-    schedule = linear_schedule(init_value=1e-3, end_value=1e-4, transition_steps=10000,
-                               transition_begin=2000)
+    schedule = linear_schedule(
+        init_value=1e-3, end_value=1e-4, transition_steps=10000, transition_begin=2000
+    )
     for count, expected in [(0, 1e-3), (2000, 1e-3), (7000, 5.5e-4), (12000, 1e-4), (20000, 1e-4)]:
         assert schedule(count) == pytest.approx(expected, rel=1e-12)
         value = schedule(torch.tensor(count))
@@ -226,8 +240,9 @@ def test_state_dict_round_trip_continues_identically(cls, kwargs):
     _train(model, optimizer, 10)
     _train(clone, restored, 10)
     _train(via_extract, extracted, 10)
-    for p, q, r in zip(model.parameters(), clone.parameters(), via_extract.parameters(),
-                       strict=True):
+    for p, q, r in zip(
+        model.parameters(), clone.parameters(), via_extract.parameters(), strict=True
+    ):
         assert torch.equal(p, q)
         assert torch.equal(p, r)
 
@@ -304,8 +319,11 @@ def test_step_returns_the_closure_loss():
     ],
     ids=["Optimizer", "MetaOptimizer", "FuncOptimizer"],
 )
-@pytest.mark.parametrize("impl", [lambda: 0, "adam", torch.optim.Adam, None],
-                         ids=["lambda", "str", "torch-class", "None"])
+@pytest.mark.parametrize(
+    "impl",
+    [lambda: 0, "adam", torch.optim.Adam, None],
+    ids=["lambda", "str", "torch-class", "None"],
+)
 def test_impl_must_be_a_gradient_transformation(make, impl):
     with pytest.raises(TypeError, match=r"impl must be a GradientTransformation .*, got \w+"):
         make(impl)
@@ -316,50 +334,140 @@ def test_impl_must_be_a_gradient_transformation(make, impl):
 EMPTY = inspect.Parameter.empty
 _BETAS = (0.9, 0.999)
 TORCHOPT_SIGNATURES = {
-    "SGD": [("lr", "P", EMPTY), ("momentum", "P", 0.0), ("weight_decay", "P", 0.0),
-            ("dampening", "P", 0.0), ("nesterov", "P", False), ("maximize", "P", False)],
-    "Adam": [("lr", "P", 1e-3), ("betas", "P", _BETAS), ("eps", "P", 1e-8),
-             ("weight_decay", "P", 0.0), ("eps_root", "K", 0.0), ("maximize", "K", False),
-             ("use_accelerated_op", "K", False)],
-    "AdamW": [("lr", "P", 1e-3), ("betas", "P", _BETAS), ("eps", "P", 1e-8),
-              ("weight_decay", "P", 1e-2), ("eps_root", "K", 0.0), ("mask", "K", None),
-              ("maximize", "K", False), ("use_accelerated_op", "K", False)],
-    "Adamax": [("lr", "P", 2e-3), ("betas", "P", _BETAS), ("eps", "P", 1e-8),
-               ("weight_decay", "P", 0.0)],
-    "Adagrad": [("lr", "P", 1e-2), ("lr_decay", "P", 0.0), ("weight_decay", "P", 0.0),
-                ("initial_accumulator_value", "P", 0.0), ("eps", "P", 1e-10),
-                ("maximize", "K", False)],
-    "Adadelta": [("lr", "P", 1.0), ("rho", "P", 0.9), ("eps", "P", 1e-6),
-                 ("weight_decay", "P", 0.0)],
-    "RAdam": [("lr", "P", 1e-3), ("betas", "P", _BETAS), ("eps", "P", 1e-8),
-              ("weight_decay", "P", 0.0)],
-    "RMSprop": [("lr", "P", 1e-2), ("alpha", "P", 0.99), ("eps", "P", 1e-8),
-                ("weight_decay", "P", 0.0), ("momentum", "P", 0.0), ("centered", "P", False),
-                ("initial_scale", "K", 0.0), ("nesterov", "K", False), ("maximize", "K", False)],
-    "MetaSGD": [("lr", "P", EMPTY), ("momentum", "P", 0.0), ("weight_decay", "P", 0.0),
-                ("dampening", "P", 0.0), ("nesterov", "P", False),
-                ("moment_requires_grad", "P", True), ("maximize", "P", False)],
-    "MetaAdam": [("lr", "P", 1e-3), ("betas", "P", _BETAS), ("eps", "P", 1e-8),
-                 ("weight_decay", "P", 0.0), ("eps_root", "K", 0.0),
-                 ("moment_requires_grad", "K", True), ("maximize", "K", False),
-                 ("use_accelerated_op", "K", False)],
-    "MetaAdamW": [("lr", "P", 1e-3), ("betas", "P", _BETAS), ("eps", "P", 1e-8),
-                  ("weight_decay", "P", 1e-2), ("eps_root", "K", 0.0), ("mask", "K", None),
-                  ("moment_requires_grad", "K", False), ("maximize", "K", False),
-                  ("use_accelerated_op", "K", False)],
-    "MetaAdamax": [("lr", "P", 2e-3), ("betas", "P", _BETAS), ("eps", "P", 1e-8),
-                   ("weight_decay", "P", 0.0), ("moment_requires_grad", "K", True)],
-    "MetaAdagrad": [("lr", "P", 1e-2), ("lr_decay", "P", 0.0), ("weight_decay", "P", 0.0),
-                    ("initial_accumulator_value", "P", 0.0), ("eps", "P", 1e-10),
-                    ("maximize", "K", False)],
-    "MetaAdadelta": [("lr", "P", 1.0), ("rho", "P", 0.9), ("eps", "P", 1e-6),
-                     ("weight_decay", "P", 0.0), ("moment_requires_grad", "K", True)],
-    "MetaRAdam": [("lr", "P", 1e-3), ("betas", "P", _BETAS), ("eps", "P", 1e-8),
-                  ("weight_decay", "P", 0.0), ("moment_requires_grad", "K", True)],
-    "MetaRMSprop": [("lr", "P", 1e-2), ("alpha", "P", 0.99), ("eps", "P", 1e-8),
-                    ("weight_decay", "P", 0.0), ("momentum", "P", 0.0),
-                    ("centered", "P", False), ("initial_scale", "K", 0.0),
-                    ("nesterov", "K", False), ("maximize", "K", False)],
+    "SGD": [
+        ("lr", "P", EMPTY),
+        ("momentum", "P", 0.0),
+        ("weight_decay", "P", 0.0),
+        ("dampening", "P", 0.0),
+        ("nesterov", "P", False),
+        ("maximize", "P", False),
+    ],
+    "Adam": [
+        ("lr", "P", 1e-3),
+        ("betas", "P", _BETAS),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 0.0),
+        ("eps_root", "K", 0.0),
+        ("maximize", "K", False),
+        ("use_accelerated_op", "K", False),
+    ],
+    "AdamW": [
+        ("lr", "P", 1e-3),
+        ("betas", "P", _BETAS),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 1e-2),
+        ("eps_root", "K", 0.0),
+        ("mask", "K", None),
+        ("maximize", "K", False),
+        ("use_accelerated_op", "K", False),
+    ],
+    "Adamax": [
+        ("lr", "P", 2e-3),
+        ("betas", "P", _BETAS),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 0.0),
+    ],
+    "Adagrad": [
+        ("lr", "P", 1e-2),
+        ("lr_decay", "P", 0.0),
+        ("weight_decay", "P", 0.0),
+        ("initial_accumulator_value", "P", 0.0),
+        ("eps", "P", 1e-10),
+        ("maximize", "K", False),
+    ],
+    "Adadelta": [
+        ("lr", "P", 1.0),
+        ("rho", "P", 0.9),
+        ("eps", "P", 1e-6),
+        ("weight_decay", "P", 0.0),
+    ],
+    "RAdam": [
+        ("lr", "P", 1e-3),
+        ("betas", "P", _BETAS),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 0.0),
+    ],
+    "RMSprop": [
+        ("lr", "P", 1e-2),
+        ("alpha", "P", 0.99),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 0.0),
+        ("momentum", "P", 0.0),
+        ("centered", "P", False),
+        ("initial_scale", "K", 0.0),
+        ("nesterov", "K", False),
+        ("maximize", "K", False),
+    ],
+    "MetaSGD": [
+        ("lr", "P", EMPTY),
+        ("momentum", "P", 0.0),
+        ("weight_decay", "P", 0.0),
+        ("dampening", "P", 0.0),
+        ("nesterov", "P", False),
+        ("moment_requires_grad", "P", True),
+        ("maximize", "P", False),
+    ],
+    "MetaAdam": [
+        ("lr", "P", 1e-3),
+        ("betas", "P", _BETAS),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 0.0),
+        ("eps_root", "K", 0.0),
+        ("moment_requires_grad", "K", True),
+        ("maximize", "K", False),
+        ("use_accelerated_op", "K", False),
+    ],
+    "MetaAdamW": [
+        ("lr", "P", 1e-3),
+        ("betas", "P", _BETAS),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 1e-2),
+        ("eps_root", "K", 0.0),
+        ("mask", "K", None),
+        ("moment_requires_grad", "K", False),
+        ("maximize", "K", False),
+        ("use_accelerated_op", "K", False),
+    ],
+    "MetaAdamax": [
+        ("lr", "P", 2e-3),
+        ("betas", "P", _BETAS),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 0.0),
+        ("moment_requires_grad", "K", True),
+    ],
+    "MetaAdagrad": [
+        ("lr", "P", 1e-2),
+        ("lr_decay", "P", 0.0),
+        ("weight_decay", "P", 0.0),
+        ("initial_accumulator_value", "P", 0.0),
+        ("eps", "P", 1e-10),
+        ("maximize", "K", False),
+    ],
+    "MetaAdadelta": [
+        ("lr", "P", 1.0),
+        ("rho", "P", 0.9),
+        ("eps", "P", 1e-6),
+        ("weight_decay", "P", 0.0),
+        ("moment_requires_grad", "K", True),
+    ],
+    "MetaRAdam": [
+        ("lr", "P", 1e-3),
+        ("betas", "P", _BETAS),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 0.0),
+        ("moment_requires_grad", "K", True),
+    ],
+    "MetaRMSprop": [
+        ("lr", "P", 1e-2),
+        ("alpha", "P", 0.99),
+        ("eps", "P", 1e-8),
+        ("weight_decay", "P", 0.0),
+        ("momentum", "P", 0.0),
+        ("centered", "P", False),
+        ("initial_scale", "K", 0.0),
+        ("nesterov", "K", False),
+        ("maximize", "K", False),
+    ],
 }
 _KINDS = {"P": inspect.Parameter.POSITIONAL_OR_KEYWORD, "K": inspect.Parameter.KEYWORD_ONLY}
 
@@ -389,8 +497,11 @@ def test_positional_arguments_bind_as_in_torchopt():
     # MetaSGD(module, lr, momentum, weight_decay, dampening, nesterov, moment_requires_grad,
     #         maximize), all positional in TorchOpt.
     meta = oc.MetaSGD(model, 0.1, 0.9, 0.0, 0.0, True, False, False)
-    trace_leaves = [t for t in optree.tree_leaves(meta.state_dict())
-                    if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    trace_leaves = [
+        t
+        for t in optree.tree_leaves(meta.state_dict())
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
     assert trace_leaves and not any(t.requires_grad for t in trace_leaves)
     oc.SGD(model.parameters(), 0.1, 0.9, 0.01, 0.0, False, True)  # ... nesterov, maximize
     with pytest.raises(TypeError, match=r"SGD\(params, lr.*too many positional arguments"):
@@ -399,12 +510,18 @@ def test_positional_arguments_bind_as_in_torchopt():
 
 def test_class_defaults_that_differ_from_the_functional_ones():
     meta_adamw = oc.MetaAdamW(_mlp())
-    moments = [t for t in optree.tree_leaves(meta_adamw.state_dict())
-               if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    moments = [
+        t
+        for t in optree.tree_leaves(meta_adamw.state_dict())
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
     assert moments and not any(t.requires_grad for t in moments)  # moment_requires_grad=False
     meta_adam = oc.MetaAdam(_mlp())
-    moments = [t for t in optree.tree_leaves(meta_adam.state_dict())
-               if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    moments = [
+        t
+        for t in optree.tree_leaves(meta_adam.state_dict())
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
     assert moments and all(t.requires_grad for t in moments)  # moment_requires_grad=True
     assert inspect.signature(oc.MetaAdamax).parameters["lr"].default == 2e-3
     assert inspect.signature(oc.MetaAdamax).parameters["eps"].default == 1e-8

@@ -68,7 +68,9 @@ DECLARATION_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("fn,kwargs,match", DECLARATION_ERRORS, ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize(
+    "fn,kwargs,match", DECLARATION_ERRORS, ids=lambda c: getattr(c, "__name__", "")
+)
 def test_bad_declaration_is_rejected_when_declared(fn, kwargs, match):
     with pytest.raises(RuleError, match=match):
         _declare(fn, **kwargs)

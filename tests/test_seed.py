@@ -64,8 +64,10 @@ class Net2Tasks(nn.Module):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda net: torchopt.MetaOptimizer(net, torchopt.sgd(lr=1.0)),
-     lambda net: torchopt.MetaSGD(net, lr=1.0)],
+    [
+        lambda net: torchopt.MetaOptimizer(net, torchopt.sgd(lr=1.0)),
+        lambda net: torchopt.MetaSGD(net, lr=1.0),
+    ],
     ids=["low-level", "high-level"],
 )
 def test_section_1_bilevel_gradient(make):
@@ -162,8 +164,9 @@ def _section_2_1():
     assert isinstance(deep, nn.Parameter) and deep.grad_fn is None and deep.requires_grad
     moments = [t for t in optree.tree_leaves(init_optim_state) if t.is_floating_point()]
     copies = [t for t in optree.tree_leaves(init_optim_state_copy) if t.is_floating_point()]
-    deep_copies = [t for t in optree.tree_leaves(init_optim_state_deepcopy)
-                   if t.is_floating_point()]
+    deep_copies = [
+        t for t in optree.tree_leaves(init_optim_state_deepcopy) if t.is_floating_point()
+    ]
     assert len(moments) == len(copies) == len(deep_copies) == 2  # mu and nu of `a`
     for moment, copy, deep_copy in zip(moments, copies, deep_copies, strict=True):
         assert copy.grad_fn.next_functions[0][0].variable is moment
@@ -348,7 +351,11 @@ def test_tutorial_script(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "default"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cuda = str(torch.cuda.is_available())

@@ -77,7 +77,7 @@ def test_vjp_matches_autograd_of_the_forward(rule, hypers, count, kinds):
     cotangents = [torch.randn_like(r) for r in reference]
     expected = torch.autograd.grad(reference, inputs, cotangents, allow_unused=True)
     got = torch.autograd.grad(ours, inputs, cotangents, allow_unused=True)
-    for e, o in zip(expected, got):
+    for e, o in zip(expected, got, strict=True):
         if e is None and o is None:
             continue
         e = torch.zeros_like(o) if e is None else e
@@ -127,7 +127,9 @@ def test_naive_autograd_gives_nan_where_the_derived_vjp_is_finite():
 @pytest.mark.parametrize("rule,kinds", [(scale_by_rms, 2), (trace, 2), (scale_by_adam, 3)])
 def test_vjp_is_finite_at_zero_inputs(rule, kinds):
     zeros = [torch.zeros(4, dtype=torch.float64, requires_grad=True) for _ in range(kinds)]
-    hypers = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in rule.defaults.values()]
+    hypers = [
+        torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in rule.defaults.values()
+    ]
     outputs = _kernel_fn(rule, count=1)(*zeros, *hypers)
     grads = torch.autograd.grad(sum(o.sum() for o in outputs), (*zeros, *hypers), allow_unused=True)
     for grad in grads:
@@ -153,7 +155,10 @@ def test_learning_rate_hypergradient_matches_finite_differences():
     lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
     (hypergrad,) = torch.autograd.grad(outer(lr), lr)
     h = 1e-6
-    fd = (outer(torch.tensor(0.05 + h, dtype=torch.float64)) - outer(torch.tensor(0.05 - h, dtype=torch.float64))) / (2 * h)
+    fd = (
+        outer(torch.tensor(0.05 + h, dtype=torch.float64))
+        - outer(torch.tensor(0.05 - h, dtype=torch.float64))
+    ) / (2 * h)
     assert hypergrad.item() == pytest.approx(fd.item(), rel=1e-6)
 
 
@@ -172,7 +177,10 @@ def test_decay_hypergradient_matches_finite_differences():
     decay = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(loss(decay), decay)
     h = 1e-6
-    fd = (loss(torch.tensor(0.7 + h, dtype=torch.float64)) - loss(torch.tensor(0.7 - h, dtype=torch.float64))) / (2 * h)
+    fd = (
+        loss(torch.tensor(0.7 + h, dtype=torch.float64))
+        - loss(torch.tensor(0.7 - h, dtype=torch.float64))
+    ) / (2 * h)
     assert grad.item() == pytest.approx(fd.item(), rel=1e-6)
 
 
@@ -181,7 +189,11 @@ def test_third_order_backward_runs_on_the_eager_vjp():
     g = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
     nu = torch.tensor([0.5, 0.1], dtype=torch.float64)
     fn = _kernel_fn(scale_by_rms)
-    hypers = [torch.tensor(0.9, dtype=torch.float64), torch.tensor(1e-3, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)]
+    hypers = [
+        torch.tensor(0.9, dtype=torch.float64),
+        torch.tensor(1e-3, dtype=torch.float64),
+        torch.tensor(0.0, dtype=torch.float64),
+    ]
 
     def first(x):
         (d,) = torch.autograd.grad(fn(x, nu, *hypers)[0].sum(), x, create_graph=True)

@@ -37,8 +37,7 @@ def run_vjp(
     n_tensor = len(tensor_lists)
     cots = [lst if lst is not None else [None] * n_leaves for lst in cotangent_lists]
     per_leaf = [
-        fn(*(c[i] for c in cots), *(t[i] for t in tensor_lists), *scalars)
-        for i in range(n_leaves)
+        fn(*(c[i] for c in cots), *(t[i] for t in tensor_lists), *scalars) for i in range(n_leaves)
     ]
     columns = list(zip(*per_leaf, strict=True))
     tensor_grads = [

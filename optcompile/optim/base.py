@@ -76,7 +76,7 @@ class Optimizer:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for i, (group, state) in enumerate(zip(self.param_groups, self.state_groups)):
+        for i, (group, state) in enumerate(zip(self.param_groups, self.state_groups, strict=True)):
             grads = tuple(p.grad for p in group)
             updates, self.state_groups[i] = self.impl.update(
                 grads, state, params=group, inplace=True
@@ -102,7 +102,7 @@ def _check_state_groups(current: Sequence[Any], new: Sequence[Any]) -> None:
             f"state_dict(), got {type(new).__name__}"
             + (f" of length {len(new)}" if isinstance(new, tuple | list) else "")
         )
-    for i, (old, candidate) in enumerate(zip(current, new)):
+    for i, (old, candidate) in enumerate(zip(current, new, strict=True)):
         old_spec = optree.tree_structure(old, none_is_leaf=True)
         new_spec = optree.tree_structure(candidate, none_is_leaf=True)
         if old_spec != new_spec:

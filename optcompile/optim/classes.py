@@ -24,7 +24,10 @@ __all__ = [
 
 
 def _signature(
-    fn: Callable, first: str, order: Sequence[str] | None, defaults: dict[str, Any],
+    fn: Callable,
+    first: str,
+    order: Sequence[str] | None,
+    defaults: dict[str, Any],
     drop: Sequence[str],
 ) -> inspect.Signature:
     params = {p.name: p for p in inspect.signature(fn).parameters.values() if p.name not in drop}
@@ -40,8 +43,14 @@ def _signature(
 
 
 def _make(
-    base: type, name: str, fn: Callable, *, first: str, order: Sequence[str] | None = None,
-    drop: Sequence[str] = (), **defaults: Any,
+    base: type,
+    name: str,
+    fn: Callable,
+    *,
+    first: str,
+    order: Sequence[str] | None = None,
+    drop: Sequence[str] = (),
+    **defaults: Any,
 ) -> type:
     signature = _signature(fn, first, order, defaults, drop)
 
@@ -56,17 +65,27 @@ def _make(
         base.__init__(self, target, fn(**arguments))
 
     __init__.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
-                    *signature.parameters.values()]
+        parameters=[
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+            *signature.parameters.values(),
+        ]
     )
-    doc = f"{base.__name__} running :func:`optcompile.{fn.__name__}`.\n\nSignature: {name}{signature}"
+    doc = (
+        f"{base.__name__} running :func:`optcompile.{fn.__name__}`.\n\nSignature: {name}{signature}"
+    )
     return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
 
 # TorchOpt's SGD classes take every argument positionally, in this order (weight_decay before
 # dampening, unlike sgd()); `moment_requires_grad` is dropped from the classic SGD.
 _SGD_ORDER = (
-    "lr", "momentum", "weight_decay", "dampening", "nesterov", "moment_requires_grad", "maximize",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "dampening",
+    "nesterov",
+    "moment_requires_grad",
+    "maximize",
 )
 _CLASSIC = {"first": "params", "drop": ("moment_requires_grad",)}
 
@@ -80,18 +99,31 @@ RAdam = _make(Optimizer, "RAdam", alias.radam, eps=1e-8, **_CLASSIC)
 RMSprop = RMSProp = _make(Optimizer, "RMSprop", alias.rmsprop, **_CLASSIC)
 
 MetaSGD = _make(
-    MetaOptimizer, "MetaSGD", alias.sgd, first="module", order=_SGD_ORDER,
+    MetaOptimizer,
+    "MetaSGD",
+    alias.sgd,
+    first="module",
+    order=_SGD_ORDER,
     moment_requires_grad=True,
 )
 MetaAdam = _make(MetaOptimizer, "MetaAdam", alias.adam, first="module", moment_requires_grad=True)
 MetaAdamW = _make(MetaOptimizer, "MetaAdamW", alias.adamw, first="module")
 MetaAdamax = MetaAdaMax = _make(
-    MetaOptimizer, "MetaAdamax", alias.adamax, first="module", lr=2e-3, eps=1e-8,
+    MetaOptimizer,
+    "MetaAdamax",
+    alias.adamax,
+    first="module",
+    lr=2e-3,
+    eps=1e-8,
     moment_requires_grad=True,
 )
 MetaAdagrad = MetaAdaGrad = _make(MetaOptimizer, "MetaAdagrad", alias.adagrad, first="module")
 MetaAdadelta = MetaAdaDelta = _make(
-    MetaOptimizer, "MetaAdadelta", alias.adadelta, first="module", lr=1.0,
+    MetaOptimizer,
+    "MetaAdadelta",
+    alias.adadelta,
+    first="module",
+    lr=1.0,
     moment_requires_grad=True,
 )
 MetaRAdam = _make(

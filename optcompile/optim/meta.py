@@ -93,7 +93,7 @@ class MetaOptimizer:
             )
         create_graph = not first_order_active()
         new_groups = []
-        for slots, state in zip(self.param_slots_groups, self.state_groups):
+        for slots, state in zip(self.param_slots_groups, self.state_groups, strict=True):
             params = tuple(c[n] for c, n in slots)
             with torch.enable_grad():
                 grads = torch.autograd.grad(
@@ -104,7 +104,7 @@ class MetaOptimizer:
             new_groups.append((slots, new_params, new_state))
         for i, (slots, new_params, new_state) in enumerate(new_groups):
             self.state_groups[i] = new_state
-            for (container, name), value in zip(slots, new_params):
+            for (container, name), value in zip(slots, new_params, strict=True):
                 container[name] = value
 
     def state_dict(self) -> tuple[Any, ...]:

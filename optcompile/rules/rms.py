@@ -17,7 +17,8 @@ __all__ = ["scale_by_rms", "scale_by_stddev", "scale_by_rss", "scale_by_adadelta
 def scale_by_rms(g, nu, *, alpha=0.9, eps=1e-8, initial_scale=0.0):
     r"""RMSProp (Tieleman & Hinton, 2012).
 
-    .. math:: \nu_t = \alpha \nu_{t-1} + (1 - \alpha) g^2, \quad u = \frac{g}{\sqrt{\nu_t} + \epsilon}
+    .. math::
+        \nu_t = \alpha \nu_{t-1} + (1 - \alpha) g^2, \quad u = \frac{g}{\sqrt{\nu_t} + \epsilon}
     """
     nu = alpha * nu + (1 - alpha) * g**2
     return g / (sym.sqrt(nu) + eps), (nu,)
@@ -46,8 +47,9 @@ def scale_by_stddev(g, mu, nu, *, alpha=0.9, eps=1e-8, initial_scale=0.0):
     domains={"eps": ">= 0", "lr_decay": ">= 0", "initial_accumulator_value": ">= 0"},
     state_name="ScaleByRssState",
 )
-def scale_by_rss(g, sum_of_squares, *, eps=1e-10, lr_decay=0.0, initial_accumulator_value=0.0,
-                 count):
+def scale_by_rss(
+    g, sum_of_squares, *, eps=1e-10, lr_decay=0.0, initial_accumulator_value=0.0, count
+):
     r"""AdaGrad (Duchi et al., 2011) with torch's learning-rate decay.
 
     .. math:: s_t = s_{t-1} + g^2, \quad
@@ -57,7 +59,9 @@ def scale_by_rss(g, sum_of_squares, *, eps=1e-10, lr_decay=0.0, initial_accumula
     return g / ((sym.sqrt(sum_of_squares) + eps) * (1 + (count - 1) * lr_decay)), (sum_of_squares,)
 
 
-@rule(state=("mu", "nu"), domains={"rho": "[0, 1]", "eps": ">= 0"}, state_name="ScaleByAdadeltaState")
+@rule(
+    state=("mu", "nu"), domains={"rho": "[0, 1]", "eps": ">= 0"}, state_name="ScaleByAdadeltaState"
+)
 def scale_by_adadelta(g, mu, nu, *, rho=0.9, eps=1e-6):
     r"""AdaDelta (Zeiler, 2012): ``mu`` is the mean square gradient, ``nu`` of the deltas.
 
