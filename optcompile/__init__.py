@@ -31,6 +31,7 @@ from optcompile.errors import (
     RuleError,
 )
 from optcompile.lowering.backends import default_backend, set_default_backend
+from optcompile.lowering.stats import reset_stats, stats
 from optcompile.optim import (
     SGD,
     AdaDelta,
@@ -90,7 +91,8 @@ __all__ = [
     "ModuleState", "extract_state_dict", "recover_state_dict", "stop_gradient", "module_clone",
     "module_detach_",
     # backends
-    "optcompile", "accelerated_op_available", "set_default_backend", "default_backend",
+    "optcompile", "accelerated_op_available", "set_default_backend", "default_backend", "stats",
+    "reset_stats",
     # errors
     "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
     # submodules

@@ -22,6 +22,7 @@ backend's. This module imports nothing from optcompile, so it builds on its own:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
@@ -32,8 +33,18 @@ import torch
 __all__ = ["build", "build_directory", "is_available"]
 
 _NAME = "optcompile_native"
-# lowering/backends/native_ops.py -> <repo>/csrc/adam
-_CSRC = Path(__file__).resolve().parents[2] / "csrc" / "adam"
+
+
+def _sources() -> Path:
+    """csrc/ is installed as the package optcompile.csrc (its sources are package data), so
+    this finds them in a source checkout, an editable install and a wheel alike."""
+    spec = importlib.util.find_spec("optcompile.csrc")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("optcompile.csrc is missing: the package is installed incompletely")
+    return Path(spec.origin).parent / "adam"
+
+
+_CSRC = _sources()
 
 _lock = threading.Lock()
 _library: Path | None = None  # the loaded shared library, once loaded
