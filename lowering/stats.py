@@ -52,11 +52,11 @@ def record_fallback(backend: str, kernel: str, reason: str) -> None:
         _fallbacks[key] = _fallbacks.get(key, 0) + 1
 
 
-def _registry() -> tuple[list[str], list[tuple[str, str, str]]]:
+def _backend_names() -> list[str]:
     # Imported here, not at the top: the registry imports the backends, which import this.
     from optcompile.lowering import backends
 
-    return list(backends.BACKENDS), backends.FALLBACKS
+    return list(backends.BACKENDS)
 
 
 def stats() -> dict[str, dict[str, Any]]:
@@ -69,17 +69,12 @@ def stats() -> dict[str, dict[str, Any]]:
         graphs, ``recompiles`` graphs compiled for a kernel and direction that already had a
         graph for other shapes, dtypes, devices or leaf counts. ``fallbacks`` lists
         ``{"kernel", "reason", "count"}`` for each time this backend was skipped, both at
-        selection (the registry's ``FALLBACKS``) and at run time (a failed compile).
+        selection and at run time (a failed compile).
     """
-    names, registry_fallbacks = _registry()
-    merged: dict[tuple[str, str, str], int] = {}
+    names = _backend_names()
     with _lock:
-        for key, count in _fallbacks.items():
-            merged[key] = merged.get(key, 0) + count
+        merged = dict(_fallbacks)
         counts = {name: dict(row) for name, row in _counts.items()}
-    for kernel, backend, reason in list(registry_fallbacks):
-        key = (backend, kernel, reason)
-        merged[key] = merged.get(key, 0) + 1
     result: dict[str, dict[str, Any]] = {}
     for name in [*names, *(n for n in counts if n not in names)]:
         row: dict[str, Any] = {c: 0 for c in _COUNTERS}
@@ -92,15 +87,13 @@ def stats() -> dict[str, dict[str, Any]]:
 
 
 def reset_stats() -> None:
-    """Zero every counter and forget recorded fallbacks (the registry's list too).
+    """Zero every counter and forget recorded fallbacks.
 
     Compiled graphs are kept: a reset never causes a recompile.
     """
-    _, registry_fallbacks = _registry()
     with _lock:
         _counts.clear()
         _fallbacks.clear()
-        registry_fallbacks.clear()
 
 
 def count_calls(backend: Any) -> Any:

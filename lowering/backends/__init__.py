@@ -16,7 +16,7 @@ from optcompile.lowering.backends.eager import EagerBackend
 from optcompile.lowering.backends.inductor import InductorBackend
 from optcompile.lowering.backends.native import NativeBackend
 from optcompile.lowering.kernel import Kernel
-from optcompile.lowering.stats import count_calls
+from optcompile.lowering.stats import count_calls, record_fallback
 
 __all__ = [
     "Backend",
@@ -26,13 +26,13 @@ __all__ = [
     "select_backend",
     "set_default_backend",
     "default_backend",
+    "register_backend",
 ]
 
 BACKENDS: dict[str, Backend] = {"eager": EagerBackend()}
 AUTO_ORDER: list[str] = ["eager"]
 _default = "auto"
 _warned: set[tuple[str, str]] = set()
-FALLBACKS: list[tuple[str, str, str]] = []  # (kernel, skipped backend, reason)
 
 
 def register_backend(backend: Backend, *, auto_position: int | None = None) -> None:
@@ -69,27 +69,37 @@ def get_backend(name: str) -> Backend:
 def select_backend(name: str | None, kernel: Kernel, device: torch.device) -> Backend:
     """The backend that runs ``kernel`` on ``device`` for the requested ``name``.
 
-    An explicit name that cannot run the kernel falls back like ``auto`` does, with a warning
-    that says why; ``eager`` always works.
+    An explicit name that cannot run the kernel falls back like ``auto`` does. Every skip is
+    counted in :func:`~optcompile.lowering.stats.stats`; a warning says once per (backend
+    skipped, reason, backend used) why, so a user sees each distinct fallback exactly once.
+    Under ``auto``, native skipping a kernel that is not Adam is expected and not warned about.
     """
     name = _default if name is None else name
     _check_name(name)
     order = AUTO_ORDER if name == "auto" else [name, *(n for n in AUTO_ORDER if n != name)]
+    skipped: list[tuple[str, str]] = []
     for candidate in order:
         backend = BACKENDS[candidate]
         reason = backend.supports(kernel, device)
         if reason is None:
-            return backend
-        FALLBACKS.append((kernel.name, candidate, reason))
-        if (candidate, reason) not in _warned:
-            _warned.add((candidate, reason))
+            break
+        record_fallback(candidate, kernel.name, reason)
+        skipped.append((candidate, reason))
+    else:  # pragma: no cover - eager supports everything
+        backend = BACKENDS["eager"]
+    for candidate, reason in skipped:
+        if name == "auto" and candidate == "native":
+            continue
+        key = (candidate, reason, backend.name)
+        if key not in _warned:
+            _warned.add(key)
             warnings.warn(
                 f"optcompile: backend {candidate!r} cannot run {kernel.name} on {device}: "
-                f"{reason}; falling back",
+                f"{reason}; using {backend.name!r}",
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return BACKENDS["eager"]
+    return backend
 
 
 # Last, so that the registry exists; inductor.py and stats.py never import this module.
