@@ -16,6 +16,12 @@ PLOTS = {
 }
 
 
+def pytest_configure(config):
+    # The test suite turns warnings into errors; peers' and torch's own warnings (e.g. Dynamo
+    # touching .grad of non-leaf tensors) must not abort a benchmark.
+    config.addinivalue_line("filterwarnings", "default")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     torch.set_num_threads(1)

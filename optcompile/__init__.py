@@ -70,7 +70,7 @@ from optcompile.state import (
     recover_state_dict,
     stop_gradient,
 )
-from optcompile.update import apply_updates
+from optcompile.update import apply_transform, apply_updates
 
 __version__ = "0.1.0"
 
@@ -79,7 +79,7 @@ __all__ = [
     "rule", "Rule", "sym", "explain",
     # functional API
     "GradientTransformation", "ChainedGradientTransformation", "EmptyState", "UninitializedState",
-    "identity", "chain", "apply_updates",
+    "identity", "chain", "apply_updates", "apply_transform",
     "sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop",
     # optimizer objects
     "Optimizer", "FuncOptimizer", "MetaOptimizer",

@@ -11,6 +11,7 @@ from typing import Any
 
 from optcompile.base import GradientTransformation, identity
 from optcompile.fused import RuleTransformation
+from optcompile.update import apply_updates
 
 __all__ = ["chain", "ChainedGradientTransformation", "explain"]
 
@@ -44,32 +45,49 @@ class ChainedGradientTransformation(GradientTransformation):
                     states.append(unit.init(params))
             return _nest(layout, states)
 
-        def update(
-            updates: Any, state: Any, *, params: Any = None, inplace: bool = True
+        def run(
+            updates: Any, state: Any, params: Any, inplace: bool, apply: bool
         ) -> tuple[Any, tuple]:
             flat = _unnest(layout, state, n_states)
             new_states: list[Any] = []
             position = 0
-            for unit, size in units:
+            for k, (unit, size) in enumerate(units):
                 unit_states = flat[position : position + size]
                 position += size
+                last = k == len(units) - 1
                 if isinstance(unit, RuleTransformation):
                     updates, unit_new = unit.update_states(
-                        updates, unit_states, params=params, inplace=inplace
+                        updates, unit_states, params=params, inplace=inplace, apply=apply and last
                     )
                     new_states.extend(unit_new)
-                else:
-                    updates, single = unit.update(
-                        updates, unit_states[0], params=params, inplace=inplace
-                    )
-                    new_states.append(single)
+                    continue
+                updates, single = unit.update(
+                    updates, unit_states[0], params=params, inplace=inplace
+                )
+                new_states.append(single)
+                if apply and last:
+                    updates = apply_updates(params, updates, inplace=inplace)
             return updates, _nest(layout, new_states)
 
+        def update(
+            updates: Any, state: Any, *, params: Any = None, inplace: bool = True
+        ) -> tuple[Any, tuple]:
+            return run(updates, state, params, inplace, apply=False)
+
         self = super().__new__(cls, init, update)
+        self._run = run
         self.transformations = members
         self.opaque = opaque
         self.units = tuple(unit for unit, _ in units)
         return self
+
+    def update_and_apply(
+        self, updates: Any, state: Any, *, params: Any, inplace: bool = True
+    ) -> tuple[Any, tuple]:
+        """``(params + updates, new_state)``: the last fused unit also adds the update."""
+        if params is None:
+            raise ValueError("params: applying the update needs the parameters; pass params=")
+        return self._run(updates, state, params, inplace, apply=True)
 
     def __repr__(self) -> str:
         return f"ChainedGradientTransformation({', '.join(map(_describe, self.transformations))})"

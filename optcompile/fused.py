@@ -30,6 +30,8 @@ from optcompile.lowering.backends import _check_name, select_backend
 from optcompile.lowering.compose import compose
 from optcompile.lowering.kernel import Kernel
 from optcompile.rule import Rule
+from optcompile.rules.basic import apply_update
+from optcompile.update import apply_updates
 
 __all__ = ["RuleTransformation", "UpdatesStatistic", "from_rule", "Member"]
 
@@ -77,6 +79,12 @@ def _fused_kernel(rules: tuple[Rule, ...]) -> Kernel:
     return Kernel(compose([r.ir for r in rules], name="+".join(r.name for r in rules)))
 
 
+def _kernel_for(tx: RuleTransformation, apply: bool) -> Kernel:
+    """The unit's kernel; with ``apply`` its update output is the new parameter ``p + u``."""
+    rules = tuple(m.rule for m in tx.members)
+    return _fused_kernel(rules + (apply_update,) if apply else rules)
+
+
 class RuleTransformation(GradientTransformation):
     """A GradientTransformation whose members are rules, run as one fused kernel.
 
@@ -118,10 +126,31 @@ class RuleTransformation(GradientTransformation):
         return _init_states(self.members, params)
 
     def update_states(
-        self, updates: Any, states: Sequence[Any], *, params: Any = None, inplace: bool = True
+        self,
+        updates: Any,
+        states: Sequence[Any],
+        *,
+        params: Any = None,
+        inplace: bool = True,
+        apply: bool = False,
     ) -> tuple[Any, list[Any]]:
-        """Run one fused step; ``states`` holds one state per member."""
-        return _step(self, updates, list(states), params, inplace)
+        """Run one fused step; ``states`` holds one state per member.
+
+        With ``apply=True`` it returns the new parameters ``params + updates`` instead of the
+        updates, computed inside the same kernel where the backend allows.
+        """
+        return _step(self, updates, list(states), params, inplace, apply)
+
+    def update_and_apply(
+        self, updates: Any, state: Any, *, params: Any, inplace: bool = True
+    ) -> tuple[Any, Any]:
+        """``(params + update, new_state)`` in one fused pass (see ``apply_transform``)."""
+        single = len(self.members) == 1
+        states = [state] if single else _as_tuple(state, len(self.members))
+        new_params, new_states = self.update_states(
+            updates, states, params=params, inplace=inplace, apply=True
+        )
+        return new_params, (new_states[0] if single else tuple(new_states))
 
     def __repr__(self) -> str:
         return f"RuleTransformation({' -> '.join(m.rule.name for m in self.members)})"
@@ -301,7 +330,12 @@ def _groups_by_count(states: list[Any], active: list[int]) -> dict[tuple[int, ..
 
 
 def _step(
-    tx: RuleTransformation, updates: Any, states: list[Any], params: Any, inplace: bool
+    tx: RuleTransformation,
+    updates: Any,
+    states: list[Any],
+    params: Any,
+    inplace: bool,
+    apply: bool = False,
 ) -> tuple[Any, list[Any]]:
     members = tx.members
     if len(states) != len(members):
@@ -310,9 +344,14 @@ def _step(
     for member, state in zip(members, states, strict=True):
         _check_state(member, state, len(leaves))
     active = _validate_updates(leaves)
+    if apply and params is None:
+        raise ValueError("params: applying the update needs the parameters; pass params=")
+    requested = tx.backend if tx.backend is not None else current_backend()
     if not active:
-        return updates, states
-    kernel = tx.kernel
+        return (params if apply else updates), states
+    # The native kernels compute Adam's update only; the addition then runs on its own.
+    fused_apply = apply and requested != "native"
+    kernel = _kernel_for(tx, fused_apply)
     p_leaves = None
     if kernel.ir.params is not None:
         if params is None:
@@ -323,7 +362,6 @@ def _step(
         p_leaves, _ = _leaves(params)
         if len(p_leaves) != len(leaves):
             raise ValueError(f"params: {len(p_leaves)} tensors, but the updates have {len(leaves)}")
-    requested = tx.backend if tx.backend is not None else current_backend()
     device = leaves[active[0]].device
     backend = select_backend(requested, kernel, device)
     differentiable = not inplace and not first_order_active()
@@ -378,7 +416,15 @@ def _step(
                 c + 1 if leaves[i] is not None else c for i, c in enumerate(state.count)
             ]
         new_states.append(type(state)(**fields) if fields else state)
-    return optree.tree_unflatten(spec, new_leaves), new_states
+    if fused_apply:  # leaves without an update keep their parameter
+        assert p_leaves is not None
+        new_leaves = [
+            p if u is None else new for p, u, new in zip(p_leaves, leaves, new_leaves, strict=True)
+        ]
+    result = optree.tree_unflatten(spec, new_leaves)
+    if apply and not fused_apply:
+        result = apply_updates(params, result, inplace=inplace)
+    return result, new_states
 
 
 def _restore_dtypes(

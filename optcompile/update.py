@@ -7,7 +7,7 @@ from typing import Any
 import optree
 import torch
 
-__all__ = ["apply_updates"]
+__all__ = ["apply_updates", "apply_transform"]
 
 
 def apply_updates(params: Any, updates: Any, *, inplace: bool = True) -> Any:
@@ -29,3 +29,18 @@ def apply_updates(params: Any, updates: Any, *, inplace: bool = True) -> Any:
         return p.add(u)
 
     return optree.tree_map(add, params, updates, none_is_leaf=True)
+
+
+def apply_transform(
+    tx: Any, updates: Any, state: Any, params: Any, *, inplace: bool = True
+) -> tuple[Any, Any]:
+    """``tx.update`` followed by :func:`apply_updates`: returns ``(new_params, new_state)``.
+
+    Rule-based transformations add the update inside their last fused kernel, saving a pass
+    over the parameters; any other transformation runs ``update`` then ``apply_updates``.
+    """
+    fused = getattr(tx, "update_and_apply", None)
+    if fused is not None:
+        return fused(updates, state, params=params, inplace=inplace)
+    new_updates, new_state = tx.update(updates, state, params=params, inplace=inplace)
+    return apply_updates(params, new_updates, inplace=inplace), new_state

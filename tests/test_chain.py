@@ -264,3 +264,48 @@ def test_clip_then_sgd_momentum_matches_torch(norm_type):
         params = optcompile.apply_updates(params, updates)
     for a, e in zip(optree.tree_leaves(params), leaves, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------- applying the update inside the last kernel
+
+
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        pytest.param(lambda: optcompile.adam(0.1, weight_decay=0.01, backend="eager"), id="adam"),
+        pytest.param(lambda: optcompile.transform.scale(-0.5, backend="eager"), id="one-rule"),
+        pytest.param(
+            lambda: optcompile.chain(
+                optcompile.sgd(0.1, momentum=0.9, backend="eager"),
+                optcompile.transform.nan_to_num(),
+            ),
+            id="last-unit-not-a-rule",
+        ),  # fmt: skip
+    ],
+)
+def test_apply_transform_equals_update_then_apply_updates(make_tx):
+    """Forward, state and meta-gradients of the fused p + u equal update() + apply_updates()."""
+    torch.manual_seed(0)
+    base = [torch.randn(3, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
+    results = []
+    for fused in (True, False):
+        tx = make_tx()
+        params = [p.clone().requires_grad_() for p in base]
+        state = tx.init(params)
+        grads = [(p**3).sum() * p for p in params]  # depend on params: a second-order path
+        grads[1] = None  # an unused parameter keeps its value
+        for _ in range(2):
+            if fused:
+                new, state = optcompile.apply_transform(tx, grads, state, params, inplace=False)
+            else:
+                updates, state = tx.update(grads, state, params=params, inplace=False)
+                new = optcompile.apply_updates(params, updates, inplace=False)
+            grads = [(q**3).sum() * q for q in new]
+            grads[1] = None
+        loss = sum((q**2).sum() for q in new)
+        meta = torch.autograd.grad(loss, params, allow_unused=True)
+        results.append((new, meta))
+    (new_a, meta_a), (new_b, meta_b) = results
+    for a, b in zip(new_a + list(meta_a), new_b + list(meta_b), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert new_a[1] is not None and torch.equal(new_a[1].detach(), base[1])

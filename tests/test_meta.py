@@ -460,7 +460,11 @@ def _rule_nodes(roots) -> list:
 
 
 def test_unrolled_steps_save_only_their_inputs():
-    """Each fused step saves its inputs (grads, moments, scalars) and no intermediate."""
+    """Each fused step saves its inputs (grads, moments, params, scalars), no intermediate.
+
+    The step adds the update to the parameters inside the same kernel, so the parameters are
+    inputs too (saving them costs nothing: the graph holds them anyway).
+    """
     net = _mlp()
     x, y = _data(1)
     optimizer = oc.MetaAdam(net, lr=0.05)
@@ -474,15 +478,17 @@ def test_unrolled_steps_save_only_their_inputs():
     for node, state in zip(reversed(nodes), states, strict=True):
         saved = node.saved_tensors
         assert len(saved) == len(node.next_functions)  # one saved tensor per input, no more
-        grads, mu, nu, scalars = (
+        grads, mu, nu, params, scalars = (
             saved[:n_leaves],
             saved[n_leaves : 2 * n_leaves],
             saved[2 * n_leaves : 3 * n_leaves],
-            saved[3 * n_leaves :],
+            saved[3 * n_leaves : 4 * n_leaves],
+            saved[4 * n_leaves :],
         )
         for got, expected in zip(mu + nu, list(state.mu) + list(state.nu), strict=True):
             assert got.data_ptr() == expected.data_ptr() and got.shape == expected.shape
         assert [g.shape for g in grads] == [p.shape for p in net.parameters()]
+        assert [p.shape for p in params] == [p.shape for p in net.parameters()]
         assert all(s.ndim == 0 for s in scalars)  # hyper-parameters and count
     total = sum(len(node.saved_tensors) for node in nodes)
     assert total == K * len(nodes[0].saved_tensors)

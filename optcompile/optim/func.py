@@ -9,7 +9,7 @@ import torch
 from optcompile.base import GradientTransformation, UninitializedState
 from optcompile.decorator import first_order_active
 from optcompile.optim.base import _check_impl
-from optcompile.update import apply_updates
+from optcompile.update import apply_transform
 
 __all__ = ["FuncOptimizer"]
 
@@ -39,10 +39,9 @@ class FuncOptimizer:
             self.optim_state = self.impl.init(params)
         create_graph = not inplace and not first_order_active()
         grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
-        updates, self.optim_state = self.impl.update(
-            grads, self.optim_state, params=params, inplace=inplace
+        new_params, self.optim_state = apply_transform(
+            self.impl, grads, self.optim_state, params, inplace=inplace
         )
-        new_params = apply_updates(params, updates, inplace=inplace)
         return new_params[0] if single else new_params
 
     def state_dict(self) -> Any:

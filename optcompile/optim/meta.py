@@ -17,7 +17,7 @@ from torch import nn
 from optcompile.base import GradientTransformation
 from optcompile.decorator import first_order_active
 from optcompile.optim.base import _check_impl, _check_state_groups
-from optcompile.update import apply_updates
+from optcompile.update import apply_transform
 
 __all__ = ["MetaOptimizer"]
 
@@ -99,8 +99,9 @@ class MetaOptimizer:
                 grads = torch.autograd.grad(
                     loss, params, create_graph=create_graph, allow_unused=True, retain_graph=True
                 )
-                updates, new_state = self.impl.update(grads, state, params=params, inplace=False)
-                new_params = apply_updates(params, updates, inplace=False)
+                new_params, new_state = apply_transform(
+                    self.impl, grads, state, params, inplace=False
+                )
             new_groups.append((slots, new_params, new_state))
         for i, (slots, new_params, new_state) in enumerate(new_groups):
             self.state_groups[i] = new_state
