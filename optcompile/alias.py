@@ -86,6 +86,33 @@ def _neg_lr(lr: Any, backend: str | None):
     return from_rule(scale_by_neg_lr, lr=lr, backend=backend)
 
 
+def _preconditioned(
+    rule: Any,
+    *,
+    lr: Any,
+    weight_decay: Any,
+    maximize: bool = False,
+    backend: str | None,
+    rule_backend: str | None = None,
+    decoupled_decay: GradientTransformation | None = None,
+    **hypers: Any,
+) -> ChainedGradientTransformation:
+    """The shape of every adaptive alias: sign flip / L2 decay -> ``rule`` -> decay -> -lr.
+
+    ``rule_backend`` (default ``backend``) places the rule and the -lr scaling that fuses with
+    it, e.g. on the native kernel; ``decoupled_decay`` is AdamW's decay after the rule.
+    """
+    _check("lr", lr, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    rule_backend = backend if rule_backend is None else rule_backend
+    return _chain(
+        _flip_and_decay(0.0 if decoupled_decay else weight_decay, maximize, backend),
+        from_rule(rule, backend=rule_backend, **hypers),
+        decoupled_decay,
+        _neg_lr(lr, backend if decoupled_decay else rule_backend),
+    )
+
+
 def sgd(
     lr: Any,
     momentum: float = 0.0,
@@ -147,23 +174,20 @@ def adam(
     numbers are the same on every backend, and the backward is NaN-safe on all of them.
     """
     b1, b2 = _check_betas(betas)
-    _check("lr", lr, 0.0)
     _check("eps", eps, 0.0)
     _check("eps_root", eps_root, 0.0)
-    _check("weight_decay", weight_decay, 0.0)
-    adam_backend = _accelerated(use_accelerated_op, backend)
-    return _chain(
-        _flip_and_decay(weight_decay, maximize, backend),
-        from_rule(
-            _adam.scale_by_adam,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            eps_root=eps_root,
-            moment_requires_grad=moment_requires_grad,
-            backend=adam_backend,
-        ),
-        _neg_lr(lr, adam_backend),
+    return _preconditioned(
+        _adam.scale_by_adam,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        backend=backend,
+        rule_backend=_accelerated(use_accelerated_op, backend),
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        moment_requires_grad=moment_requires_grad,
     )
 
 
@@ -189,27 +213,24 @@ def adamw(
     decay to the leaves where it is True.
     """
     b1, b2 = _check_betas(betas)
-    _check("lr", lr, 0.0)
     _check("eps", eps, 0.0)
     _check("eps_root", eps_root, 0.0)
-    _check("weight_decay", weight_decay, 0.0)
     decay = None
     if mask is not None or not _is_zero(weight_decay):
         decay = _transform.add_decayed_weights(weight_decay, mask, backend=backend)
-    adam_backend = _accelerated(use_accelerated_op, backend)
-    return _chain(
-        _flip_and_decay(0.0, maximize, backend),
-        from_rule(
-            _adam.scale_by_adam,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            eps_root=eps_root,
-            moment_requires_grad=moment_requires_grad,
-            backend=adam_backend,
-        ),
-        decay,
-        _neg_lr(lr, backend if decay is not None else adam_backend),
+    return _preconditioned(
+        _adam.scale_by_adam,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        backend=backend,
+        rule_backend=_accelerated(use_accelerated_op, backend),
+        decoupled_decay=decay,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        moment_requires_grad=moment_requires_grad,
     )
 
 
@@ -235,20 +256,16 @@ def adamax(
 ) -> ChainedGradientTransformation:
     r"""AdaMax (Kingma & Ba, 2014), as ``torch.optim.Adamax``."""
     b1, b2 = _check_betas(betas)
-    _check("lr", lr, 0.0)
     _check("eps", eps, 0.0)
-    _check("weight_decay", weight_decay, 0.0)
-    return _chain(
-        _flip_and_decay(weight_decay, False, backend),
-        from_rule(
-            _adam.scale_by_adamax,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            moment_requires_grad=moment_requires_grad,
-            backend=backend,
-        ),
-        _neg_lr(lr, backend),
+    return _preconditioned(
+        _adam.scale_by_adamax,
+        lr=lr,
+        weight_decay=weight_decay,
+        backend=backend,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        moment_requires_grad=moment_requires_grad,
     )
 
 
@@ -263,20 +280,16 @@ def radam(
 ) -> ChainedGradientTransformation:
     r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``."""
     b1, b2 = _check_betas(betas)
-    _check("lr", lr, 0.0)
     _check("eps", eps, 0.0)
-    _check("weight_decay", weight_decay, 0.0)
-    return _chain(
-        _flip_and_decay(weight_decay, False, backend),
-        from_rule(
-            _adam.scale_by_radam,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            moment_requires_grad=moment_requires_grad,
-            backend=backend,
-        ),
-        _neg_lr(lr, backend),
+    return _preconditioned(
+        _adam.scale_by_radam,
+        lr=lr,
+        weight_decay=weight_decay,
+        backend=backend,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        moment_requires_grad=moment_requires_grad,
     )
 
 
@@ -291,21 +304,18 @@ def adagrad(
     backend: str | None = None,
 ) -> ChainedGradientTransformation:
     r"""AdaGrad (Duchi et al., 2011), as ``torch.optim.Adagrad``."""
-    _check("lr", lr, 0.0)
     _check("lr_decay", lr_decay, 0.0)
-    _check("weight_decay", weight_decay, 0.0)
     _check("initial_accumulator_value", initial_accumulator_value, 0.0)
     _check("eps", eps, 0.0)
-    return _chain(
-        _flip_and_decay(weight_decay, maximize, backend),
-        from_rule(
-            _rms.scale_by_rss,
-            eps=eps,
-            lr_decay=lr_decay,
-            initial_accumulator_value=initial_accumulator_value,
-            backend=backend,
-        ),
-        _neg_lr(lr, backend),
+    return _preconditioned(
+        _rms.scale_by_rss,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        backend=backend,
+        eps=eps,
+        lr_decay=lr_decay,
+        initial_accumulator_value=initial_accumulator_value,
     )
 
 
@@ -319,20 +329,16 @@ def adadelta(
     backend: str | None = None,
 ) -> ChainedGradientTransformation:
     r"""AdaDelta (Zeiler, 2012), as ``torch.optim.Adadelta``."""
-    _check("lr", lr, 0.0)
     _check("rho", rho, 0.0, 1.0)
     _check("eps", eps, 0.0)
-    _check("weight_decay", weight_decay, 0.0)
-    return _chain(
-        _flip_and_decay(weight_decay, False, backend),
-        from_rule(
-            _rms.scale_by_adadelta,
-            rho=rho,
-            eps=eps,
-            moment_requires_grad=moment_requires_grad,
-            backend=backend,
-        ),
-        _neg_lr(lr, backend),
+    return _preconditioned(
+        _rms.scale_by_adadelta,
+        lr=lr,
+        weight_decay=weight_decay,
+        backend=backend,
+        rho=rho,
+        eps=eps,
+        moment_requires_grad=moment_requires_grad,
     )
 
 
