@@ -63,8 +63,10 @@ def main() -> None:
     report = optcompile.stats()
     for backend in ("eager", "inductor"):
         row = report[backend]
-        print(f"  {backend}: {row['steps']} steps, {row['vjp_calls']} backward calls, "
-              f"{row['graphs']} graphs compiled, {row['recompiles']} recompiles")
+        print(
+            f"  {backend}: {row['steps']} steps, {row['vjp_calls']} backward calls, "
+            f"{row['graphs']} graphs compiled, {row['recompiles']} recompiles"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ which is made of differentiable torch ops, whatever backend ran the forward.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -23,7 +24,14 @@ __all__ = ["apply_kernel"]
 
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernel, backend, n_leaves, n_tensor_inputs, *inputs):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        kernel: Kernel,
+        backend: Backend,
+        n_leaves: int,
+        n_tensor_inputs: int,
+        *inputs: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         tensor_lists, scalars = _unflatten(inputs, n_leaves, n_tensor_inputs)
         outputs = backend.forward(kernel)(tensor_lists, scalars)
         ctx.kernel, ctx.backend = kernel, backend
@@ -35,7 +43,7 @@ class _RuleFunction(torch.autograd.Function):
         return tuple(t.clone() if id(t) in ids else t for column in outputs for t in column)
 
     @staticmethod
-    def backward(ctx, *cotangents):  # type: ignore[override]
+    def backward(ctx: Any, *cotangents: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         kernel: Kernel = ctx.kernel
         n_leaves, n_tensor = ctx.n_leaves, ctx.n_tensor_inputs
         inputs = ctx.saved_tensors
@@ -53,7 +61,7 @@ class _RuleFunction(torch.autograd.Function):
             tensor_grads, scalar_grads = ctx.backend.vjp(kernel)(
                 variant, cot_lists, tensor_lists, scalars
             )
-        flat: list = []
+        flat: list[torch.Tensor | None] = []
         for j, grads in enumerate(tensor_grads):
             flat.extend(
                 grads[i] if grads is not None and needs[j * n_leaves + i] else None
@@ -112,5 +120,7 @@ def apply_kernel(
     if not (differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in flat)):
         with torch.no_grad():
             return backend.forward(kernel)(tensor_lists, scalars)
-    outputs = _RuleFunction.apply(kernel, backend, n_leaves, len(tensor_lists), *flat)
+    outputs = _RuleFunction.apply(  # type: ignore[no-untyped-call]  # torch: apply is unannotated
+        kernel, backend, n_leaves, len(tensor_lists), *flat
+    )
     return [list(outputs[k * n_leaves : (k + 1) * n_leaves]) for k in range(len(kernel.ir.outputs))]

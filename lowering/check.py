@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 import sympy
+import sympy.functions.elementary.piecewise  # explicit, so mypy sees the submodule below
 
 from optcompile.errors import HyperparameterError, RuleError
 from optcompile.lowering.safe import DERIVATIVES

@@ -17,10 +17,14 @@ from optcompile.lowering.safe import derivative_rule
 
 __all__ = ["derivative", "vjp"]
 
-_ZERO = sympy.Integer(0)
+_ZERO: sympy.Integer = sympy.Integer(0)
 
 
-def derivative(expr: sympy.Expr, x: sympy.Symbol, memo: dict | None = None) -> sympy.Expr:
+def derivative(
+    expr: sympy.Expr,
+    x: sympy.Symbol,
+    memo: dict[tuple[sympy.Basic, sympy.Symbol], sympy.Expr] | None = None,
+) -> sympy.Expr:
     """The partial derivative of ``expr`` with respect to the symbol ``x``.
 
     Args:
@@ -35,11 +39,13 @@ def derivative(expr: sympy.Expr, x: sympy.Symbol, memo: dict | None = None) -> s
     return _derivative(sympy.sympify(expr), x, memo)
 
 
-def _derivative(expr: sympy.Basic, x: sympy.Symbol, memo: dict) -> sympy.Expr:
+def _derivative(
+    expr: sympy.Basic, x: sympy.Symbol, memo: dict[tuple[sympy.Basic, sympy.Symbol], sympy.Expr]
+) -> sympy.Expr:
     if x not in expr.free_symbols:
         return _ZERO
     if expr == x:
-        return sympy.Integer(1)
+        return sympy.Integer(1)  # type: ignore[no-any-return]  # sympy: untyped __new__
     key = (expr, x)
     if key in memo:
         return memo[key]
@@ -53,7 +59,8 @@ def _derivative(expr: sympy.Basic, x: sympy.Symbol, memo: dict) -> sympy.Expr:
                 terms.append(sympy.Mul(d, *(f for j, f in enumerate(expr.args) if j != i)))
         result = sympy.Add(*terms)
     elif isinstance(expr, sympy.Piecewise):
-        branches = [(_derivative(value, x, memo), cond) for value, cond in expr.args]
+        # sympy types Piecewise.args as tuple[Basic, ...]; they are (expr, cond) ExprCondPairs.
+        branches = [(_derivative(value, x, memo), cond) for value, cond in expr.args]  # type: ignore[misc,has-type]
         result = _ZERO if all(value == 0 for value, _ in branches) else sympy.Piecewise(*branches)
     else:
         row = derivative_rule(type(expr))
@@ -84,7 +91,7 @@ def vjp(
     A ``None`` cotangent means that output's cotangent is zero (it is skipped). A result of
     exactly ``0`` means the input does not influence any output with a cotangent.
     """
-    memo: dict = {}
+    memo: dict[tuple[sympy.Basic, sympy.Symbol], sympy.Expr] = {}
     result = []
     for x in wrt:
         terms = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import linecache
 from collections.abc import Callable
 from functools import cached_property
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sympy
 
@@ -19,6 +19,9 @@ from optcompile.lowering.check import check_rule
 from optcompile.lowering.emit import runtime
 from optcompile.lowering.emit.torch import OutputSpec, emit_function
 from optcompile.lowering.trace import RuleIR
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Kernel", "Variant"]
 
@@ -41,7 +44,9 @@ class Kernel:
     def __init__(self, ir: RuleIR) -> None:
         check_rule(ir)
         self.ir = ir
-        self._vjp_cache: dict[Variant, tuple[str, Callable]] = {}
+        self._vjp_cache: dict[
+            Variant, tuple[str, Callable[..., tuple[torch.Tensor | None, ...]]]
+        ] = {}
 
     @property
     def name(self) -> str:
@@ -66,7 +71,7 @@ class Kernel:
         )
 
     @cached_property
-    def forward(self) -> Callable:
+    def forward(self) -> Callable[..., tuple[torch.Tensor, ...]]:
         """The per-element forward as a Python function over torch ops."""
         return _compile_source(self.forward_source, f"{self.name}.forward")
 
@@ -86,7 +91,7 @@ class Kernel:
         """Python source of the per-element VJP for ``variant``."""
         return self._vjp(variant)[0]
 
-    def vjp(self, variant: Variant) -> Callable:
+    def vjp(self, variant: Variant) -> Callable[..., tuple[torch.Tensor | None, ...]]:
         """The per-element VJP ``(cotangents..., tensors..., scalars...) -> input cotangents``.
 
         Absent cotangents are passed as None and not read; the result has one entry per tensor
@@ -94,7 +99,7 @@ class Kernel:
         """
         return self._vjp(variant)[1]
 
-    def _vjp(self, variant: Variant) -> tuple[str, Callable]:
+    def _vjp(self, variant: Variant) -> tuple[str, Callable[..., tuple[torch.Tensor | None, ...]]]:
         if variant not in self._vjp_cache:
             ir = self.ir
             n_tensor = len(ir.tensor_inputs)
@@ -121,11 +126,11 @@ def _identifier(name: str) -> str:
 _counter = iter(range(1 << 62))
 
 
-def _compile_source(source: str, label: str) -> Callable:
+def _compile_source(source: str, label: str) -> Callable[..., Any]:
     """Exec generated source; register it with linecache so tracebacks and Dynamo show it."""
     filename = f"<optcompile:{label}:{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict = {"_rt": runtime}
+    namespace: dict[str, object] = {"_rt": runtime}
     exec(compile(source, filename, "exec"), namespace)
     (fn,) = (v for k, v in namespace.items() if k != "_rt" and callable(v) and k != "__builtins__")
     return fn

@@ -15,7 +15,13 @@ Examples:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sympy
+
+if TYPE_CHECKING:
+    # sympy.printing.latex is the latex() function at runtime, which hides the module.
+    from sympy.printing.latex import LatexPrinter
 
 __all__ = [
     "sqrt",
@@ -46,7 +52,7 @@ class SafeSqrt(sympy.Function):
     def _sympystr(self, printer: sympy.printing.StrPrinter) -> str:
         return f"sqrt({printer._print(self.args[0])})"
 
-    def _latex(self, printer: sympy.printing.latex.LatexPrinter) -> str:
+    def _latex(self, printer: LatexPrinter) -> str:
         return rf"\sqrt{{{printer._print(self.args[0])}}}"
 
 
@@ -60,7 +66,7 @@ class SqrtGrad(sympy.Function):
         x = printer._print(self.args[0])
         return f"where({x} > 0, 1/(2*sqrt({x})), 0)"
 
-    def _latex(self, printer: sympy.printing.latex.LatexPrinter) -> str:
+    def _latex(self, printer: LatexPrinter) -> str:
         x = printer._print(self.args[0])
         return rf"[{x} > 0]\,\frac{{1}}{{2\sqrt{{{x}}}}}"
 
@@ -110,37 +116,37 @@ class MaxTieGrad(sympy.Function):
 
 def sqrt(x: sympy.Expr) -> sympy.Expr:
     """Square root, differentiated safely at 0 (derivative taken as 0 there)."""
-    return SafeSqrt(sympy.sympify(x))
+    return SafeSqrt(sympy.sympify(x))  # type: ignore[no-any-return]  # sympy: untyped __new__
 
 
 def abs(x: sympy.Expr) -> sympy.Expr:  # noqa: A001 - the name users expect
     """Absolute value; derivative ``sign(x)`` (0 at 0)."""
-    return sympy.Abs(sympy.sympify(x))
+    return sympy.Abs(sympy.sympify(x))  # type: ignore[no-any-return]  # sympy: untyped __new__
 
 
 def sign(x: sympy.Expr) -> sympy.Expr:
     """Sign in {-1, 0, 1}; derivative 0."""
-    return Sign(sympy.sympify(x))
+    return Sign(sympy.sympify(x))  # type: ignore[no-any-return]  # sympy: untyped __new__
 
 
 def exp(x: sympy.Expr) -> sympy.Expr:
     """Exponential."""
-    return sympy.exp(sympy.sympify(x))
+    return sympy.exp(sympy.sympify(x))  # type: ignore[no-any-return]  # sympy: untyped __new__
 
 
 def log(x: sympy.Expr) -> sympy.Expr:
     """Natural logarithm."""
-    return sympy.log(sympy.sympify(x))
+    return sympy.log(sympy.sympify(x))  # type: ignore[no-any-return]  # sympy: untyped __new__
 
 
 def maximum(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
     """Elementwise maximum; at a tie each argument gets half the cotangent."""
-    return Maximum(sympy.sympify(a), sympy.sympify(b))
+    return Maximum(sympy.sympify(a), sympy.sympify(b))  # type: ignore[no-any-return]  # sympy: untyped __new__
 
 
 def minimum(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
     """Elementwise minimum; at a tie each argument gets half the cotangent."""
-    return Minimum(sympy.sympify(a), sympy.sympify(b))
+    return Minimum(sympy.sympify(a), sympy.sympify(b))  # type: ignore[no-any-return]  # sympy: untyped __new__
 
 
 def eq(a: sympy.Expr, b: sympy.Expr) -> sympy.Basic:

@@ -63,7 +63,9 @@ def _symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, real=True)
 
 
-def signature_of(fn: Callable, state: tuple[str, ...]) -> tuple[str, dict[str, object], bool, bool]:
+def signature_of(
+    fn: Callable[..., object], state: tuple[str, ...]
+) -> tuple[str, dict[str, object], bool, bool]:
     """Check ``fn``'s signature against the conventions; return its parts.
 
     Returns:
@@ -117,7 +119,7 @@ def signature_of(fn: Callable, state: tuple[str, ...]) -> tuple[str, dict[str, o
     return positional[0], hypers, "params" in names, "count" in names
 
 
-def trace(fn: Callable, state: tuple[str, ...]) -> RuleIR:
+def trace(fn: Callable[..., object], state: tuple[str, ...]) -> RuleIR:
     """Evaluate ``fn`` on symbols and return its :class:`RuleIR`.
 
     Raises:

@@ -153,7 +153,7 @@ def _state_type(name: str, fields: tuple[str, ...]) -> type:
 def explain_ir(kernel: Kernel) -> str:
     """Readable forward and backward formulas of a kernel, with the safe rules they rely on."""
     ir = kernel.ir
-    names = [ir.update.name + "'", *(s.name + "'" for s in ir.state)]
+    names = ["update", *(s.name + "'" for s in ir.state)]
     lines = [f"rule {ir.name}", "forward:"]
     lines += _formulas(names, list(ir.outputs))
     n_tensor, n_hyper = len(ir.tensor_inputs), len(ir.hypers)

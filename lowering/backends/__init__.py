@@ -32,7 +32,7 @@ __all__ = [
 BACKENDS: dict[str, Backend] = {"eager": EagerBackend()}
 AUTO_ORDER: list[str] = ["eager"]
 _default = "auto"
-_warned: set[tuple[str, str]] = set()
+_warned: set[tuple[str, str, str]] = set()
 
 
 def register_backend(backend: Backend, *, auto_position: int | None = None) -> None:

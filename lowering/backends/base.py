@@ -25,8 +25,8 @@ __all__ = ["Backend", "ForwardFn", "VjpFn", "TensorLists"]
 TensorLists = Sequence[Sequence[torch.Tensor]]
 ForwardFn = Callable[[TensorLists, Sequence[torch.Tensor]], list[list[torch.Tensor]]]
 VjpFn = Callable[
-    [Variant, Sequence, TensorLists, Sequence[torch.Tensor]],
-    tuple[list, list],
+    [Variant, Sequence[Sequence[torch.Tensor] | None], TensorLists, Sequence[torch.Tensor]],
+    tuple[list[list[torch.Tensor] | None], list[torch.Tensor | None]],
 ]
 
 

@@ -27,10 +27,10 @@ def run_forward(
 def run_vjp(
     kernel: Kernel,
     variant: Variant,
-    cotangent_lists: Sequence,
+    cotangent_lists: Sequence[Sequence[torch.Tensor] | None],
     tensor_lists: TensorLists,
     scalars: Sequence[torch.Tensor],
-) -> tuple[list, list]:
+) -> tuple[list[list[torch.Tensor] | None], list[torch.Tensor | None]]:
     """Apply the per-element VJP to each leaf; sum the scalar cotangents over leaves."""
     fn = kernel.vjp(variant)
     n_leaves = len(tensor_lists[0])

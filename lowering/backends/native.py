@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,10 +25,24 @@ from optcompile.lowering.compose import compose
 from optcompile.lowering.kernel import Kernel, Variant
 from optcompile.lowering.trace import RuleIR, trace
 
+if TYPE_CHECKING:
+    import sympy
+
 __all__ = ["NativeBackend"]
 
 
-def _adam(g, mu, nu, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, count):
+def _adam(
+    g: sympy.Expr,
+    mu: sympy.Expr,
+    nu: sympy.Expr,
+    *,
+    b1: sympy.Expr | float = 0.9,
+    b2: sympy.Expr | float = 0.999,
+    eps: sympy.Expr | float = 1e-8,
+    eps_root: sympy.Expr | float = 0.0,
+    count: sympy.Expr,
+) -> tuple[sympy.Expr, tuple[sympy.Expr, sympy.Expr]]:
+    # Traced on symbols (trace() passes a sympy.Symbol for every hyper-parameter too).
     mu = b1 * mu + (1 - b1) * g
     nu = b2 * nu + (1 - b2) * g**2
     mu_hat = mu / (1 - b1**count)
@@ -35,7 +50,7 @@ def _adam(g, mu, nu, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, count):
     return mu_hat / (sym.sqrt(nu_hat + eps_root) + eps), (mu, nu)
 
 
-def _neg_lr(g, *, lr=1e-3):
+def _neg_lr(g: sympy.Expr, *, lr: sympy.Expr | float = 1e-3) -> tuple[sympy.Expr, tuple[()]]:
     return -lr * g, ()
 
 
@@ -89,7 +104,9 @@ class NativeBackend(Backend):
         return None
 
     def forward(self, kernel: Kernel) -> ForwardFn:
-        def run(tensor_lists: TensorLists, scalars: Sequence[torch.Tensor]) -> list:
+        def run(
+            tensor_lists: TensorLists, scalars: Sequence[torch.Tensor]
+        ) -> list[list[torch.Tensor]]:
             native_ops.build()  # loaded once; also when called without supports() first
             stats.record(self.name, "steps")
             step_size, count, hypers = self._unpack(kernel, scalars)
@@ -104,10 +121,10 @@ class NativeBackend(Backend):
     def vjp(self, kernel: Kernel) -> VjpFn:
         def run(
             variant: Variant,
-            cotangent_lists: Sequence,
+            cotangent_lists: Sequence[Sequence[torch.Tensor] | None],
             tensor_lists: TensorLists,
             scalars: Sequence[torch.Tensor],
-        ) -> tuple[list, list]:
+        ) -> tuple[list[list[torch.Tensor] | None], list[torch.Tensor | None]]:
             # The kernel differentiates g, mu, nu and the step size; a learnable beta or eps
             # needs the eager VJP.
             if any(variant.needs_grad[3:7]):
@@ -129,7 +146,7 @@ class NativeBackend(Backend):
                 )
             columns = list(zip(*per_leaf, strict=True))
             tensor_grads = [list(columns[j]) if variant.needs_grad[j] else None for j in range(3)]
-            scalar_grads: list = [None] * 4
+            scalar_grads: list[torch.Tensor | None] = [None] * 4
             if self._pattern(kernel) == "adam*-lr":
                 needs_lr = variant.needs_grad[7]
                 scalar_grads.append(-torch.stack(columns[3]).sum() if needs_lr else None)

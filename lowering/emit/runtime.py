@@ -7,6 +7,7 @@ that Dynamo traces without graph breaks.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 
@@ -44,7 +45,7 @@ def log(x: Value) -> Value:
 
 
 def _as_tensors(a: Value, b: Value) -> tuple[torch.Tensor, torch.Tensor]:
-    ref = a if isinstance(a, torch.Tensor) else b
+    ref = a if isinstance(a, torch.Tensor) else cast(torch.Tensor, b)  # callers pass a tensor
     if not isinstance(a, torch.Tensor):
         a = torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
     if not isinstance(b, torch.Tensor):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import sympy
 
@@ -24,7 +25,11 @@ from optcompile.lowering.math import (
     SqrtGrad,
 )
 
+if TYPE_CHECKING:
+    from sympy.functions.elementary.piecewise import ExprCondPair
+
 __all__ = ["OutputSpec", "emit_function", "print_expr"]
+
 
 class _Reciprocal(sympy.Function):
     """``1/x`` of a scalar-only ``x``, kept opaque so that it is computed once per call."""
@@ -40,16 +45,18 @@ def _hoist_scalar_divisions(expr: sympy.Expr, tensors: set[sympy.Symbol]) -> sym
     a scalar, computed once per call (hoisted out of the loop by Inductor). Results change by at
     most one rounding of the reciprocal.
     """
-    return expr.replace(
-        lambda e: isinstance(e, sympy.Pow)
-        and e.exp.is_Integer
-        and e.exp < 0
-        and not (e.base.free_symbols & tensors),
+    return expr.replace(  # type: ignore[return-value]  # sympy: Basic.replace -> Basic
+        lambda e: (
+            isinstance(e, sympy.Pow)
+            and e.exp.is_Integer
+            and e.exp < 0
+            and not (e.base.free_symbols & tensors)
+        ),
         lambda e: _Reciprocal(e.base) ** (-e.exp),
     )
 
 
-_FUNCTIONS = {
+_FUNCTIONS: dict[type[sympy.Basic], str] = {
     SafeSqrt: "_rt.sqrt",
     SqrtGrad: "_rt.sqrt_grad",
     sympy.Abs: "_rt.abs",
@@ -61,7 +68,7 @@ _FUNCTIONS = {
     Minimum: "_rt.minimum",
     MaxTieGrad: "_rt.max_tie_grad",
 }
-_RELATIONS = {
+_RELATIONS: dict[type[sympy.Basic], str] = {
     sympy.StrictGreaterThan: ">",
     sympy.GreaterThan: ">=",
     sympy.StrictLessThan: "<",
@@ -90,7 +97,8 @@ def print_expr(expr: sympy.Basic, names: Mapping[sympy.Symbol, str]) -> str:
     if isinstance(expr, sympy.Pow):
         return _print_pow(expr, names)
     if isinstance(expr, sympy.Piecewise):
-        return _print_piecewise(expr.args, names)
+        # sympy types Piecewise.args as tuple[Basic, ...]; they are ExprCondPairs.
+        return _print_piecewise(expr.args, names)  # type: ignore[arg-type]
     if type(expr) in _RELATIONS:
         lhs, rhs = (print_expr(arg, names) for arg in expr.args)
         return f"({lhs} {_RELATIONS[type(expr)]} {rhs})"
@@ -142,7 +150,7 @@ def _print_pow(expr: sympy.Pow, names: Mapping[sympy.Symbol, str]) -> str:
     return f"({base} ** {print_expr(exponent, names)})"
 
 
-def _print_piecewise(branches: Sequence, names: Mapping[sympy.Symbol, str]) -> str:
+def _print_piecewise(branches: Sequence[ExprCondPair], names: Mapping[sympy.Symbol, str]) -> str:
     (value, condition), rest = branches[0], branches[1:]
     if condition is sympy.true or not rest:
         return print_expr(value, names)
@@ -181,7 +189,10 @@ def emit_function(
     """
     names = {s: s.name for s in args}
     present = [o for o in outputs if o.expr is not None]
-    hoisted = [_hoist_scalar_divisions(o.expr, set(tensor_symbols)) for o in present]
+    hoisted = [
+        _hoist_scalar_divisions(cast(sympy.Expr, o.expr), set(tensor_symbols))  # present: not None
+        for o in present
+    ]
     assignments, reduced = eliminate_common_subexpressions(hoisted)
     lines = [f"def {name}({', '.join(names[s] for s in args)}):"]
     for temporary, value in assignments:
