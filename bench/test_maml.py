@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _report import add_row
 from maml_problem import HIDDEN_FOR_SIZE, IMPLEMENTATIONS, available, make_net, parameter_count
 
