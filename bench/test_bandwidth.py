@@ -24,22 +24,24 @@ SIZES = {"100k": 100_000, "1M": 1_000_000, "5M": 5_000_000}
 BYTES_PER_PARAM = {"update": 24, "vjp": 36}
 
 
-def _median_seconds(fn, repeats: int = 25) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved_medians(first, second, rounds: int = 31) -> tuple[float, float]:
+    """Medians of ``first`` and ``second`` timed alternately, so that a noisy neighbour on the
+    shared host slows both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
-def _triad_bandwidth(total_bytes: int) -> float:
-    """Bytes per second of a float32 triad whose three arrays hold ``total_bytes`` together."""
+def _triad(total_bytes: int):
+    """A float32 triad ``a = b + 3 c`` whose three arrays hold ``total_bytes`` together."""
     n = total_bytes // 12
     b, c, a = torch.rand(n), torch.rand(n), torch.empty(n)
-    seconds = _median_seconds(lambda: torch.add(b, c, alpha=3.0, out=a))
-    return 12 * n / seconds
+    return lambda: torch.add(b, c, alpha=3.0, out=a), 12 * n
 
 
 def _adam_kernel_inputs(n: int):
@@ -74,11 +76,11 @@ def test_fused_adam_against_bandwidth_bound(benchmark, size, backend, direction)
 
     with torch.no_grad():
         call()  # compile outside the timing
-        seconds = benchmark.pedantic(call, rounds=15, iterations=1, warmup_rounds=2)
-        del seconds
-        measured = benchmark.stats.stats.median
+        benchmark.pedantic(call, rounds=5, iterations=1, warmup_rounds=1)
         moved = BYTES_PER_PARAM[direction] * n
-        bandwidth = _triad_bandwidth(moved)
+        triad, triad_bytes = _triad(moved)
+        measured, triad_seconds = _interleaved_medians(call, triad)
+    bandwidth = triad_bytes / triad_seconds
     bound = moved / bandwidth
     add_row(
         "bandwidth",

@@ -349,8 +349,10 @@ def _step(
     requested = tx.backend if tx.backend is not None else current_backend()
     if not active:
         return (params if apply else updates), states
-    # The native kernels compute Adam's update only; the addition then runs on its own.
-    fused_apply = apply and requested != "native"
+    differentiable = not inplace and not first_order_active()
+    # The native kernels compute Adam's update only, and a first-order step needs p + u to stay
+    # differentiable in p (the identity path) while u is not: then the addition runs on its own.
+    fused_apply = apply and differentiable and requested != "native"
     kernel = _kernel_for(tx, fused_apply)
     p_leaves = None
     if kernel.ir.params is not None:
@@ -364,7 +366,6 @@ def _step(
             raise ValueError(f"params: {len(p_leaves)} tensors, but the updates have {len(leaves)}")
     device = leaves[active[0]].device
     backend = select_backend(requested, kernel, device)
-    differentiable = not inplace and not first_order_active()
     # Statistics of the incoming updates (a clip coefficient) are over all leaves, once.
     all_updates = [leaves[i] for i in active]
     dtype = _scalar_dtype(all_updates)
