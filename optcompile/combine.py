@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from optcompile.base import GradientTransformation, identity
-from optcompile.fused import RuleTransformation
+from optcompile.fused import RuleTransformation, UpdatesStatistic
 from optcompile.update import apply_updates
 
 __all__ = ["chain", "ChainedGradientTransformation", "explain"]
@@ -240,6 +240,13 @@ def explain(tx: GradientTransformation) -> str:
         if isinstance(unit, RuleTransformation):
             names = [m.rule.name for m in unit.members]
             lines.append(f"[{k}] one fused kernel of {len(names)} rule(s): {' -> '.join(names)}")
+            lines += [
+                f"    {m.rule.name}.{name} = {value.description}, computed from the incoming "
+                f"updates before the kernel"
+                for m in unit.members
+                for name, value in m.hypers
+                if isinstance(value, UpdatesStatistic)
+            ]
         else:
             lines.append(f"[{k}] {_describe(unit)} (not elementwise; runs on its own)")
     for unit in units:
