@@ -13,6 +13,11 @@
 // wherever v' = 0 (a parameter whose gradients were all zero so far).
 //
 // The maths lives here once, as host/device functions; the kernels only load, call, store.
+// A division costs several multiplications, so those by the step's constants (bc1, bc2, 2)
+// are multiplications by reciprocals made once per call in make_coef. Per element, the forward
+// divides once (by D) and the backward twice (by D, and by sqrt(x) for dsqrt). One division,
+// by D sqrt(x), could give both, but it overflows where D sqrt(x) does (eps = 0, tiny x), and
+// it measured no faster: vectorised, the loops are bound by memory traffic.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -25,25 +30,33 @@
 namespace optcompile::adam {
 
 // Scalars of one step in the compute type T (float for float/half/bfloat16, double for
-// double). Built from doubles so that b^t and 1 - b are rounded once, in double.
+// double). Built from doubles so that b^t, 1 - b, the reciprocals and their products with s
+// are rounded once, in double.
 template <typename T>
 struct Coef {
-  T b1, b2, one_minus_b1, one_minus_b2, eps, eps_root, bc1, bc2, step_size;
+  T b1, b2, one_minus_b1, one_minus_b2, two_one_minus_b2, eps, eps_root;
+  T inv_bc1, inv_bc2, step_size;
+  T s_inv_bc1, half_s_inv_bc2;  // s / bc1 and s / (2 bc2), the backward's factors
 };
 
 template <typename T>
 C10_HOST_DEVICE inline Coef<T> make_coef(
     double step_size, double count, double b1, double b2, double eps, double eps_root) {
+  const double inv_bc1 = 1.0 / (1.0 - ::pow(b1, count));
+  const double inv_bc2 = 1.0 / (1.0 - ::pow(b2, count));
   Coef<T> c;
   c.b1 = static_cast<T>(b1);
   c.b2 = static_cast<T>(b2);
   c.one_minus_b1 = static_cast<T>(1.0 - b1);
   c.one_minus_b2 = static_cast<T>(1.0 - b2);
+  c.two_one_minus_b2 = static_cast<T>(2.0 * (1.0 - b2));
   c.eps = static_cast<T>(eps);
   c.eps_root = static_cast<T>(eps_root);
-  c.bc1 = static_cast<T>(1.0 - ::pow(b1, count));
-  c.bc2 = static_cast<T>(1.0 - ::pow(b2, count));
+  c.inv_bc1 = static_cast<T>(inv_bc1);
+  c.inv_bc2 = static_cast<T>(inv_bc2);
   c.step_size = static_cast<T>(step_size);
+  c.s_inv_bc1 = static_cast<T>(step_size * inv_bc1);
+  c.half_s_inv_bc2 = static_cast<T>(0.5 * step_size * inv_bc2);
   return c;
 }
 
@@ -66,36 +79,37 @@ template <typename T>
 C10_HOST_DEVICE inline Forward<T> forward(T g, T m, T v, const Coef<T>& c) {
   const T new_m = c.b1 * m + c.one_minus_b1 * g;
   const T new_v = c.b2 * v + c.one_minus_b2 * g * g;
-  const T mh = new_m / c.bc1;
-  const T denom = sqrt_(new_v / c.bc2 + c.eps_root) + c.eps;
-  return {c.step_size * (mh / denom), new_m, new_v};
+  const T denom = sqrt_(new_v * c.inv_bc2 + c.eps_root) + c.eps;
+  return {c.step_size * (new_m * c.inv_bc1 / denom), new_m, new_v};
 }
 
 // u_dir = U * dir is this element's term of grad_s. (Results are returned by value, not
-// through references, so that gcc's `omp simd` loops vectorise.)
+// through references, so that gcc's loops vectorise.)
 template <typename T>
 struct Backward {
   T grad_g, grad_m, grad_v, u_dir;
 };
 
 // The forward is recomputed rather than saved: a few flops against three more tensors of
-// memory traffic.
+// memory traffic. With inv_d = 1 / D and dir = (m' / bc1) / D:
+//   M = M' + U (s / bc1) inv_d
+//   V = V' - U (s / (2 bc2)) dir inv_d / sqrt(x)     (the last factor 0 at x = 0, as dsqrt)
 template <typename T>
 C10_HOST_DEVICE inline Backward<T> backward(T u_bar, T m_bar, T v_bar, T g, T m, T v,
                                             const Coef<T>& c) {
   const T new_m = c.b1 * m + c.one_minus_b1 * g;
   const T new_v = c.b2 * v + c.one_minus_b2 * g * g;
-  const T mh = new_m / c.bc1;
-  const T x = new_v / c.bc2 + c.eps_root;
+  const T x = new_v * c.inv_bc2 + c.eps_root;
   const T r = sqrt_(x);
-  const T denom = r + c.eps;
-  const T dsqrt = x > T(0) ? T(0.5) / r : T(0);
-  const T dm = c.step_size / (c.bc1 * denom);
-  const T dv = -c.step_size * mh / (denom * denom) * dsqrt / c.bc2;
-  const T mt = m_bar + u_bar * dm;
-  const T vt = v_bar + u_bar * dv;
-  return {c.one_minus_b1 * mt + T(2) * c.one_minus_b2 * g * vt, c.b1 * mt, c.b2 * vt,
-          u_bar * (mh / denom)};
+  const T inv_d = T(1) / (r + c.eps);
+  const T dir = new_m * c.inv_bc1 * inv_d;
+  // Safe sqrt: 2 dsqrt(x) = 1 / sqrt(x), and 0 at x = 0. (gcc vectorises this select only
+  // with -fno-trapping-math, see native_ops.py.)
+  const T inv_r = x > T(0) ? T(1) / r : T(0);
+  const T mt = m_bar + u_bar * (c.s_inv_bc1 * inv_d);
+  const T vt = v_bar - u_bar * (c.half_s_inv_bc2 * dir * inv_d * inv_r);
+  return {c.one_minus_b1 * mt + c.two_one_minus_b2 * g * vt, c.b1 * mt, c.b2 * vt,
+          u_bar * dir};
 }
 
 // Argument checks shared by both devices; messages name the argument and the fix.

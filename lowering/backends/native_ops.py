@@ -107,8 +107,17 @@ def _compile_and_load() -> Path:
     cpp_extension.load(
         name=_NAME,
         sources=[str(s) for s in sources],
-        # -fno-math-errno lets gcc vectorise sqrt (the values are unchanged).
-        extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],
+        # No -march: the cache may be shared by different CPUs, so adam.cpp clones its loops
+        # per ISA instead. -fno-math-errno and -fno-trapping-math let gcc vectorise sqrt and
+        # the safe-sqrt select (a division under a branch) without changing a value, and
+        # -ffp-contract=off keeps FMA out, so that every ISA clone rounds alike.
+        extra_cflags=[
+            "-O3",
+            "-fopenmp",
+            "-fno-math-errno",
+            "-fno-trapping-math",
+            "-ffp-contract=off",
+        ],
         extra_ldflags=["-fopenmp"],
         extra_cuda_cflags=["-O3", *_cuda_arch_flags()] if cuda else None,
         build_directory=str(out),
