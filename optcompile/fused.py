@@ -337,6 +337,10 @@ def _step(
     inplace: bool,
     apply: bool = False,
 ) -> tuple[Any, list[Any]]:
+    """One step of a fused unit: validate, group leaves by step count, run the kernel, rebuild.
+
+    Returns the new updates (or, with ``apply``, the new parameters) and the new member states.
+    """
     members = tx.members
     if len(states) != len(members):
         raise ValueError(f"state: expected {len(members)} member states, got {len(states)}")
@@ -346,29 +350,20 @@ def _step(
     active = _validate_updates(leaves)
     if apply and params is None:
         raise ValueError("params: applying the update needs the parameters; pass params=")
-    requested = tx.backend if tx.backend is not None else current_backend()
     if not active:
         return (params if apply else updates), states
+    requested = tx.backend if tx.backend is not None else current_backend()
     differentiable = not inplace and not first_order_active()
     # The native kernels compute Adam's update only, and a first-order step needs p + u to stay
     # differentiable in p (the identity path) while u is not: then the addition runs on its own.
     fused_apply = apply and differentiable and requested != "native"
     kernel = _kernel_for(tx, fused_apply)
-    p_leaves = None
-    if kernel.ir.params is not None:
-        if params is None:
-            raise ValueError(
-                f"{kernel.name} reads the parameters: pass params= to update() "
-                f"(e.g. tx.update(grads, state, params=params))"
-            )
-        p_leaves, _ = _leaves(params)
-        if len(p_leaves) != len(leaves):
-            raise ValueError(f"params: {len(p_leaves)} tensors, but the updates have {len(leaves)}")
+    p_leaves = _param_leaves(kernel, params, len(leaves))
     device = leaves[active[0]].device
     backend = select_backend(requested, kernel, device)
-    # Statistics of the incoming updates (a clip coefficient) are over all leaves, once.
     all_updates = [leaves[i] for i in active]
     dtype = _scalar_dtype(all_updates)
+    # Statistics of the incoming updates (a clip coefficient) are over all leaves, once.
     hypers = [
         [v if not isinstance(v, UpdatesStatistic) else _scalar(v, 0, all_updates, device, dtype)
          for _, v in member.hypers]
@@ -383,13 +378,11 @@ def _step(
     for count_key, group in _groups_by_count(states, active).items():
         counts = iter(count_key)
         member_counts = [next(counts) if "count" in s._fields else 0 for s in states]
-        tensor_lists = [[leaves[i] for i in group]]
-        tensor_lists += [[column[i] for i in group] for column in columns]
+        tensor_lists = [[leaves[i] for i in group], *([c[i] for i in group] for c in columns)]
         if p_leaves is not None:
             tensor_lists.append([p_leaves[i] for i in group])
-        g = tensor_lists[0]
         scalars = [
-            _scalar(v, count, g, device, dtype)
+            _scalar(v, count, tensor_lists[0], device, dtype)
             for values, count in zip(hypers, member_counts, strict=True)
             for v in values
         ]
@@ -406,6 +399,35 @@ def _step(
             new_leaves[i] = outputs[0][j]
             for column, output in zip(columns, outputs[1:], strict=True):
                 column[i] = output[j]
+    if fused_apply:  # leaves without an update keep their parameter
+        assert p_leaves is not None
+        pairs = zip(p_leaves, leaves, new_leaves, strict=True)
+        new_leaves = [p if u is None else new for p, u, new in pairs]
+    result = optree.tree_unflatten(spec, new_leaves)
+    if apply and not fused_apply:
+        result = apply_updates(params, result, inplace=inplace)
+    return result, _next_states(members, states, columns, leaves)
+
+
+def _param_leaves(kernel: Kernel, params: Any, n_leaves: int) -> list | None:
+    """The parameter leaves when the kernel reads them (None otherwise), checked against updates."""
+    if kernel.ir.params is None:
+        return None
+    if params is None:
+        raise ValueError(
+            f"{kernel.name} reads the parameters: pass params= to update() "
+            f"(e.g. tx.update(grads, state, params=params))"
+        )
+    p_leaves, _ = _leaves(params)
+    if len(p_leaves) != n_leaves:
+        raise ValueError(f"params: {len(p_leaves)} tensors, but the updates have {n_leaves}")
+    return p_leaves
+
+
+def _next_states(
+    members: Sequence[Member], states: list[Any], columns: list[list[Any]], leaves: list
+) -> list[Any]:
+    """Member states holding the new buffers; counts advance only where a leaf had an update."""
     new_states, position = [], 0
     for member, state in zip(members, states, strict=True):
         fields = {}
@@ -417,15 +439,7 @@ def _step(
                 c + 1 if leaves[i] is not None else c for i, c in enumerate(state.count)
             ]
         new_states.append(type(state)(**fields) if fields else state)
-    if fused_apply:  # leaves without an update keep their parameter
-        assert p_leaves is not None
-        new_leaves = [
-            p if u is None else new for p, u, new in zip(p_leaves, leaves, new_leaves, strict=True)
-        ]
-    result = optree.tree_unflatten(spec, new_leaves)
-    if apply and not fused_apply:
-        result = apply_updates(params, result, inplace=inplace)
-    return result, new_states
+    return new_states
 
 
 def _restore_dtypes(
@@ -433,8 +447,9 @@ def _restore_dtypes(
 ) -> None:
     """Give each output its input's dtype again.
 
-    Scalars enter kernels as float64 0-d tensors; against a tensor with dimensions they never
-    change its dtype, but a 0-d parameter (all operands 0-d) would be promoted to float64.
+    Scalars enter kernels as 0-d tensors (float32/float64, or a user's learnable tensor of any
+    floating dtype); against a tensor with dimensions they never change its dtype, but when a
+    parameter is 0-d too, type promotion would follow the scalars.
     """
     for column, like in zip(outputs, tensor_lists, strict=False):
         for j, (out, ref) in enumerate(zip(column, like, strict=True)):
