@@ -22,7 +22,9 @@ from optcompile.lowering.kernel import Kernel, Variant
 __all__ = ["apply_kernel"]
 
 
-class _RuleFunction(torch.autograd.Function):
+class FusedStep(torch.autograd.Function):
+    """One fused optimizer step for all leaves; its graph node reads ``FusedStepBackward``."""
+
     @staticmethod
     def forward(
         ctx: Any,
@@ -120,7 +122,7 @@ def apply_kernel(
     if not (differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in flat)):
         with torch.no_grad():
             return backend.forward(kernel)(tensor_lists, scalars)
-    outputs = _RuleFunction.apply(  # type: ignore[no-untyped-call]  # torch: apply is unannotated
+    outputs = FusedStep.apply(  # type: ignore[no-untyped-call]  # torch: apply is unannotated
         kernel, backend, n_leaves, len(tensor_lists), *flat
     )
     return [list(outputs[k * n_leaves : (k + 1) * n_leaves]) for k in range(len(kernel.ir.outputs))]

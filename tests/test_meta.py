@@ -453,7 +453,7 @@ def _rule_nodes(roots) -> list:
         if fn is None or id(fn) in seen:
             continue
         seen.add(id(fn))
-        if type(fn).__name__ == "_RuleFunctionBackward":
+        if type(fn).__name__ == "FusedStepBackward":
             found.append(fn)
         stack.extend(next_fn for next_fn, _ in fn.next_functions)
     return found
