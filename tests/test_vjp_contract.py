@@ -14,21 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optcompile.lowering.kernel import Variant
-from optcompile.rules import adam, basic, rms, sgd
+from optcompile.rules import registry
 
-RULES = [
-    adam.scale_by_adam,
-    adam.scale_by_adamax,
-    adam.scale_by_radam,
-    rms.scale_by_rms,
-    rms.scale_by_stddev,
-    rms.scale_by_rss,
-    rms.scale_by_adadelta,
-    sgd.trace,
-    sgd.trace_nesterov,
-    basic.scale_by_neg_lr,
-    basic.flip_sign_and_add_weight_decay,
-]
+RULES = list(registry().values())
 N = 6
 # Second-moment buffers are sums of squares: never negative in a real run.
 NON_NEGATIVE = {"nu", "sum_of_squares"}
