@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -97,11 +98,9 @@ class Rule:
         return explain_ir(self.kernel)
 
     def __repr__(self) -> str:
-        return f"<optcompile.rule {self.name}({', '.join(self.signature_names())})>"
-
-    def signature_names(self) -> list[str]:
-        ir = self.ir
-        return [s.name for s in ir.tensor_inputs] + [f"{k}={v}" for k, v in self.defaults.items()]
+        inputs = [s.name for s in self.ir.tensor_inputs]
+        hypers = [f"{k}={v}" for k, v in self.defaults.items()]
+        return f"<optcompile.rule {self.name}({', '.join(inputs + hypers)})>"
 
 
 def rule(
@@ -132,8 +131,6 @@ def rule(
 
 
 def _default(fn: Callable, name: str) -> float:
-    import inspect
-
     return inspect.signature(fn).parameters[name].default
 
 
