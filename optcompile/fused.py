@@ -360,8 +360,9 @@ def _step(
     kernel = _kernel_for(tx, fused_apply)
     p_leaves = _param_leaves(kernel, params, len(leaves))
     device = leaves[active[0]].device
-    backend = select_backend(requested, kernel, device)
     all_updates = [leaves[i] for i in active]
+    elements = sum(u.numel() for u in all_updates)
+    backend = select_backend(requested, kernel, device, elements)
     dtype = _scalar_dtype(all_updates)
     # Statistics of the incoming updates (a clip coefficient) are over all leaves, once.
     hypers = [

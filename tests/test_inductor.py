@@ -49,6 +49,8 @@ def _one_thread_fresh_stats(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     monkeypatch.setattr(backends, "_warned", set())
+    # The test tensors are tiny: let "auto" consider compiling them anyway.
+    monkeypatch.setattr(backends, "_auto_compile_threshold", 0)
     reset_stats()
     yield
     torch.set_num_threads(threads)

@@ -32,6 +32,7 @@ def _fresh_registry(monkeypatch):
     # Each test starts with zero counters, no record of warnings already given (so "warns
     # once" holds whatever ran before) and eager as the default backend.
     monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setattr(backends, "_auto_compile_threshold", 0)  # tiny test tensors
     reset_stats()
     previous = backends.default_backend()
     backends.set_default_backend("eager")

@@ -27,12 +27,17 @@ __all__ = [
     "set_default_backend",
     "default_backend",
     "register_backend",
+    "set_auto_compile_threshold",
 ]
 
 BACKENDS: dict[str, Backend] = {"eager": EagerBackend()}
 AUTO_ORDER: list[str] = ["eager"]
 _default = "auto"
 _warned: set[tuple[str, str, str]] = set()
+# Under "auto", a step over fewer elements than this (all tensors together) runs eagerly:
+# compiling costs 1-12 s and would save a few microseconds per step (the seed tutorial's
+# one-parameter networks would wait seconds for nothing). 2**15 float32 = 128 KiB.
+_auto_compile_threshold = 2**15
 
 
 def register_backend(backend: Backend, *, auto_position: int | None = None) -> None:
@@ -55,6 +60,17 @@ def set_default_backend(name: str) -> None:
     _default = name
 
 
+def set_auto_compile_threshold(elements: int) -> None:
+    """Under ``auto``, run steps over fewer than ``elements`` elements eagerly (0: never).
+
+    Explicitly named backends are not affected.
+    """
+    global _auto_compile_threshold
+    if isinstance(elements, bool) or not isinstance(elements, int) or elements < 0:
+        raise ValueError(f"elements={elements!r} must be an integer >= 0")
+    _auto_compile_threshold = elements
+
+
 def default_backend() -> str:
     """The process-wide default backend name (``"auto"`` unless changed)."""
     return _default
@@ -66,16 +82,21 @@ def get_backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def select_backend(name: str | None, kernel: Kernel, device: torch.device) -> Backend:
+def select_backend(
+    name: str | None, kernel: Kernel, device: torch.device, elements: int | None = None
+) -> Backend:
     """The backend that runs ``kernel`` on ``device`` for the requested ``name``.
 
     An explicit name that cannot run the kernel falls back like ``auto`` does. Every skip is
     counted in :func:`~optcompile.lowering.stats.stats`; a warning says once per (backend
     skipped, reason, backend used) why, so a user sees each distinct fallback exactly once.
-    Under ``auto``, native skipping a kernel that is not Adam is expected and not warned about.
+    Under ``auto``, native skipping a kernel that is not Adam is expected and not warned about,
+    and a step over fewer than the compile threshold's ``elements`` runs eagerly.
     """
     name = _default if name is None else name
     _check_name(name)
+    if name == "auto" and elements is not None and elements < _auto_compile_threshold:
+        return BACKENDS["eager"]
     order = AUTO_ORDER if name == "auto" else [name, *(n for n in AUTO_ORDER if n != name)]
     skipped: list[tuple[str, str]] = []
     for candidate in order:

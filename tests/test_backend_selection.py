@@ -1,0 +1,47 @@
+"""``auto`` runs tiny steps eagerly (compiling could never pay off); named backends compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import optcompile
+from optcompile.lowering import backends
+
+
+@pytest.fixture(autouse=True)
+def _threshold(monkeypatch):
+    monkeypatch.setattr(backends, "_auto_compile_threshold", 100)
+    monkeypatch.setattr(backends, "_warned", set())
+    optcompile.reset_stats()
+
+
+def _step(backend: str | None, n: int) -> None:
+    tx = optcompile.sgd(0.1, momentum=0.9, backend=backend)
+    p = torch.ones(n)
+    tx.update(torch.ones(n), tx.init(p), params=p)
+
+
+def test_tiny_step_under_auto_runs_eagerly_without_a_warning():
+    _step("auto", 50)
+    report = optcompile.stats()
+    assert report["eager"]["steps"] == 1
+    assert report["inductor"]["steps"] == report["inductor"]["graphs"] == 0
+    assert report["inductor"]["fallbacks"] == []
+
+
+@pytest.mark.compile
+def test_step_at_the_threshold_and_named_backends_are_compiled():
+    if backends.get_backend("inductor").supports(
+        optcompile.transform.scale(1.0).kernel, torch.device("cpu")
+    ):
+        pytest.skip("Inductor is not available here")
+    _step("auto", 100)
+    _step("inductor", 50)
+    report = optcompile.stats()
+    assert report["inductor"]["steps"] == 2 and report["eager"]["steps"] == 0
+
+
+def test_threshold_is_validated():
+    with pytest.raises(ValueError, match=r"elements=-1 must be an integer >= 0"):
+        backends.set_auto_compile_threshold(-1)
