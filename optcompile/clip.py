@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -11,6 +12,28 @@ from optcompile.fused import RuleTransformation, UpdatesStatistic, from_rule
 from optcompile.rules.basic import scale
 
 __all__ = ["clip_grad_norm"]
+
+
+@dataclass(frozen=True)
+class _ClipCoefficient:
+    """``min(1, max_norm / (||updates||_p + 1e-6))``; a class, not a closure, so it pickles."""
+
+    max_norm: float
+    norm_type: float
+    error_if_nonfinite: bool
+
+    def __call__(self, updates: list[torch.Tensor]) -> torch.Tensor:
+        if math.isinf(self.norm_type):
+            norm = torch.stack([u.detach().abs().max() for u in updates]).max()
+        else:
+            norms = [torch.linalg.vector_norm(u.detach(), self.norm_type) for u in updates]
+            norm = torch.linalg.vector_norm(torch.stack(norms), self.norm_type)
+        if self.error_if_nonfinite and not torch.isfinite(norm):
+            raise RuntimeError(
+                f"clip_grad_norm: the total norm of order {self.norm_type} of the updates is "
+                f"non-finite ({norm.item()}); pass error_if_nonfinite=False to clip anyway"
+            )
+        return torch.clamp(self.max_norm / (norm.double() + 1e-6), max=1.0)
 
 
 def clip_grad_norm(
@@ -39,20 +62,6 @@ def clip_grad_norm(
         raise HyperparameterError("norm_type", norm_type, "a number > 0 (or math.inf)")
     norm_type = float(norm_type)
 
-    def coefficient(updates: list[torch.Tensor]) -> torch.Tensor:
-        if math.isinf(norm_type):
-            norm = torch.stack([u.detach().abs().max() for u in updates]).max()
-        else:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(u.detach(), norm_type) for u in updates]),
-                norm_type,
-            )
-        if error_if_nonfinite and not torch.isfinite(norm):
-            raise RuntimeError(
-                f"clip_grad_norm: the total norm of order {norm_type} of the updates is "
-                f"non-finite ({norm.item()}); pass error_if_nonfinite=False to clip anyway"
-            )
-        return torch.clamp(max_norm / (norm.double() + 1e-6), max=1.0)
-
+    coefficient = _ClipCoefficient(float(max_norm), norm_type, bool(error_if_nonfinite))
     statistic = UpdatesStatistic(coefficient, f"min(1, {max_norm} / (||g||_{norm_type} + 1e-6))")
     return from_rule(scale, step_size=statistic, backend=backend)

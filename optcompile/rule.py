@@ -97,6 +97,11 @@ class Rule:
         """The forward and the derived backward as readable formulas."""
         return explain_ir(self.kernel)
 
+    def __reduce__(self) -> tuple:
+        # A rule is pickled by reference (module + name), like a function: optimizers built from
+        # rules declared at module level can be pickled and sent to other processes.
+        return (_rule_by_reference, (self.fn.__module__, self.fn.__qualname__))
+
     def __repr__(self) -> str:
         inputs = [s.name for s in self.ir.tensor_inputs]
         hypers = [f"{k}={v}" for k, v in self.defaults.items()]
@@ -128,6 +133,17 @@ def rule(
         return Rule(f, state=tuple(state), init=init, domains=domains, state_name=state_name)
 
     return wrap if fn is None else wrap(fn)
+
+
+def _rule_by_reference(module: str, qualname: str) -> Rule:
+    import importlib
+
+    value: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        value = getattr(value, part)
+    if not isinstance(value, Rule):
+        raise TypeError(f"{module}.{qualname} is not an optcompile rule; it cannot be unpickled")
+    return value
 
 
 def _default(fn: Callable, name: str) -> float:

@@ -309,3 +309,15 @@ def test_apply_transform_equals_update_then_apply_updates(make_tx):
     for a, b in zip(new_a + list(meta_a), new_b + list(meta_b), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert new_a[1] is not None and torch.equal(new_a[1].detach(), base[1])
+
+
+def test_aliases_and_chains_pickle_and_keep_working():
+    import pickle
+
+    tx = optcompile.chain(optcompile.clip.clip_grad_norm(1.0), optcompile.adam(0.1))
+    copy = pickle.loads(pickle.dumps(tx))
+    params = [torch.ones(3, dtype=torch.float64)]
+    grads = [torch.tensor([0.5, -2.0, 0.0], dtype=torch.float64)]
+    expected, _ = tx.update(grads, tx.init(params), params=params)
+    got, _ = copy.update(grads, copy.init(params), params=params)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
