@@ -5,17 +5,21 @@ derived symbolically with NaN-safe conventions, and forward and backward run as 
 """
 
 from optcompile import (
+    accelerated_op,
     alias,
     base,
     clip,
     combine,
     hook,
     optim,
+    pytree,
     schedule,
     state,
     sym,
     transform,
+    typing,
     update,
+    utils,
     visual,
 )
 from optcompile.accelerated_op import accelerated_op_available
@@ -96,6 +100,6 @@ __all__ = [
     # errors
     "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
     # submodules
-    "alias", "base", "clip", "combine", "hook", "optim", "schedule", "state", "transform",
-    "update", "visual",
+    "accelerated_op", "alias", "base", "clip", "combine", "hook", "optim", "pytree", "schedule",
+    "state", "transform", "typing", "update", "utils", "visual",
 ]  # fmt: skip
