@@ -41,8 +41,7 @@ class FusedStep(torch.autograd.Function):
         ctx.save_for_backward(*inputs)
         ctx.set_materialize_grads(False)
         # An output that is one of the inputs (a pass-through) must be a new tensor for autograd.
-        ids = {id(t) for t in inputs}
-        return tuple(t.clone() if id(t) in ids else t for column in outputs for t in column)
+        return tuple(t for column in _distinct(outputs, inputs) for t in column)
 
     @staticmethod
     def backward(ctx: Any, *cotangents: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -72,6 +71,26 @@ class FusedStep(torch.autograd.Function):
         flat.extend(scalar_grads)
         flat.extend([None] * (len(scalars) - len(scalar_grads)))  # count: never differentiable
         return (None, None, None, None, *flat)
+
+
+def _distinct(
+    outputs: list[list[torch.Tensor]], inputs: Sequence[torch.Tensor]
+) -> list[list[torch.Tensor]]:
+    """Copy any output that is an input or another output.
+
+    A rule may return the same value twice (momentum returns its new trace as the update and as
+    the state) or an input unchanged; CSE then hands out one tensor for both. The caller owns
+    the update (it may scale it in place) and the state separately, so they must not alias.
+    """
+    seen = {id(t) for t in inputs}
+    result = []
+    for column in outputs:
+        fresh = []
+        for t in column:
+            fresh.append(t.clone() if id(t) in seen else t)
+            seen.add(id(fresh[-1]))
+        result.append(fresh)
+    return result
 
 
 def _unflatten(
@@ -121,7 +140,7 @@ def apply_kernel(
     flat = [t for column in tensor_lists for t in column] + list(scalars)
     if not (differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in flat)):
         with torch.no_grad():
-            return backend.forward(kernel)(tensor_lists, scalars)
+            return _distinct(backend.forward(kernel)(tensor_lists, scalars), flat)
     outputs = FusedStep.apply(  # type: ignore[no-untyped-call]  # torch: apply is unannotated
         kernel, backend, n_leaves, len(tensor_lists), *flat
     )

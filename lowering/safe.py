@@ -76,7 +76,8 @@ DERIVATIVES: tuple[DerivativeRule, ...] = (
         _pow_partials,
         "Integer powers and division (x**-1): d(a/b)/db = -a/b**2, finite wherever a/b is. "
         "Inside where(), both branches' partials are computed but the unselected one is "
-        "discarded by the same where(), so a guarded division stays finite.",
+        "discarded by the same where(), so a guarded division stays finite at first order; "
+        "for higher orders guard the branch's input too (where(c, x, 1)), as RAdam does.",
     ),
     DerivativeRule(
         sympy.Abs,

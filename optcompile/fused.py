@@ -295,8 +295,13 @@ def _scalar(
 
 @functools.lru_cache(maxsize=256)
 def _constant(value: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A fixed hyper-parameter as a 0-d tensor, made once (never a per-step value)."""
-    return torch.tensor(value, dtype=dtype, device=device)
+    """A fixed hyper-parameter as a 0-d tensor, made once (never a per-step value).
+
+    Made outside inference mode even when first asked for inside it: the cache outlives the
+    call, and an inference tensor could never be saved for a later differentiable step.
+    """
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=dtype, device=device)
 
 
 def _scalar_dtype(leaves: list[torch.Tensor]) -> torch.dtype:
@@ -352,6 +357,8 @@ def _step(
         raise ValueError("params: applying the update needs the parameters; pass params=")
     if not active:
         return (params if apply else updates), states
+    if len(members) > 1 and _counts_disagree(members, states, active):
+        return _step_one_by_one(tx, updates, states, params, inplace, apply)
     requested = tx.backend if tx.backend is not None else current_backend()
     differentiable = not inplace and not first_order_active()
     # The native kernels compute Adam's update only, and a first-order step needs p + u to stay
@@ -408,6 +415,37 @@ def _step(
     if apply and not fused_apply:
         result = apply_updates(params, result, inplace=inplace)
     return result, _next_states(members, states, columns, leaves)
+
+
+def _counts_disagree(members: Sequence[Member], states: list[Any], active: list[int]) -> bool:
+    """Whether two members that read ``count`` are at different steps (one state was reset).
+
+    A fused kernel has one ``count`` for all its members, which is right as long as they step
+    together, the usual case.
+    """
+    counters = [
+        s.count for m, s in zip(members, states, strict=True) if m.rule.ir.count is not None
+    ]
+    return any(len({int(c[i]) for c in counters}) > 1 for i in active)
+
+
+def _step_one_by_one(
+    tx: RuleTransformation,
+    updates: Any,
+    states: list[Any],
+    params: Any,
+    inplace: bool,
+    apply: bool,
+) -> tuple[Any, list[Any]]:
+    """Run the members as separate kernels, each with its own count."""
+    new_states = []
+    for member, state in zip(tx.members, states, strict=True):
+        single = RuleTransformation([member], tx.backend)
+        updates, (new_state,) = _step(single, updates, [state], params, inplace)
+        new_states.append(new_state)
+    if apply:
+        updates = apply_updates(params, updates, inplace=inplace)
+    return updates, new_states
 
 
 def _param_leaves(kernel: Kernel, params: Any, n_leaves: int) -> list | None:

@@ -156,11 +156,28 @@ def _camel(name: str) -> str:
 
 @functools.cache
 def _state_type(name: str, fields: tuple[str, ...]) -> type:
+    """The state NamedTuple ``name(fields...)``, one class per (name, fields).
+
+    Its qualified name encodes the fields (``ScaleByAdamState__mu__nu__count``) and this module
+    resolves such names on demand (:func:`__getattr__`), so states pickle (``torch.save``) and
+    unpickle in a fresh process, whatever rules that process has declared so far.
+    """
     if not fields:
         from optcompile.base import EmptyState
 
         return EmptyState
-    return NamedTuple(name, [(f, Any) for f in fields])  # type: ignore[misc]
+    cls = NamedTuple(name, [(f, Any) for f in fields])  # type: ignore[misc]
+    cls.__module__ = __name__
+    cls.__qualname__ = "__".join((name, *fields))
+    return cls
+
+
+def __getattr__(attribute: str) -> type:
+    """Resolve a state class by its qualified name when unpickling (see :func:`_state_type`)."""
+    name, *fields = attribute.split("__")
+    if fields and name.endswith("State") and name.isidentifier():
+        return _state_type(name, tuple(fields))
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 def explain_ir(kernel: Kernel) -> str:

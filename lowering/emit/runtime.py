@@ -7,15 +7,38 @@ that Dynamo traces without graph breaks.
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 
 Value = torch.Tensor | float
 
 
+class _SafeSqrt(torch.autograd.Function):
+    """``sqrt`` whose autograd derivative is :func:`sqrt_grad` (0 at 0, not inf).
+
+    Used only when autograd records the generated code: a backward under
+    ``create_graph=True`` runs the eager VJP, and differentiating its ``sqrt`` with torch's rule
+    would bring back, one order up, the ``inf * 0 = NaN`` that the safe table removes.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.sqrt(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * sqrt_grad(x)
+
+
 def sqrt(x: Value) -> Value:
-    return torch.sqrt(x) if isinstance(x, torch.Tensor) else math.sqrt(x)
+    if not isinstance(x, torch.Tensor):
+        return math.sqrt(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return cast(torch.Tensor, _SafeSqrt.apply(x))  # type: ignore[no-untyped-call]
+    return torch.sqrt(x)
 
 
 def sqrt_grad(x: Value) -> Value:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import optree
 import torch
 
 from optcompile.base import GradientTransformation, UninitializedState
@@ -28,21 +29,27 @@ class FuncOptimizer:
         self.optim_state: Any = UninitializedState()
 
     def step(self, loss: torch.Tensor, params: Any, inplace: bool | None = None) -> Any:
-        """Differentiate ``loss`` w.r.t. ``params`` and return the updated parameters."""
+        """Differentiate ``loss`` w.r.t. ``params`` and return the updated parameters.
+
+        ``params`` is a tensor or any pytree of tensors (tuple, list, dict); the result has the
+        same structure.
+        """
         inplace = self.inplace if inplace is None else inplace
-        if isinstance(params, torch.Tensor):
-            params = (params,)
-            single = True
-        else:
-            params, single = tuple(params), False
+        leaves, spec = optree.tree_flatten(params)
+        if not leaves or not all(isinstance(p, torch.Tensor) for p in leaves):
+            raise TypeError(
+                f"params must be a tensor or a pytree of tensors, got {type(params).__name__} "
+                f"with leaves {[type(p).__name__ for p in leaves]}"
+            )
+        flat = tuple(leaves)
         if isinstance(self.optim_state, UninitializedState):
-            self.optim_state = self.impl.init(params)
+            self.optim_state = self.impl.init(flat)
         create_graph = not inplace and not first_order_active()
-        grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+        grads = torch.autograd.grad(loss, flat, create_graph=create_graph, allow_unused=True)
         new_params, self.optim_state = apply_transform(
-            self.impl, grads, self.optim_state, params, inplace=inplace
+            self.impl, grads, self.optim_state, flat, inplace=inplace
         )
-        return new_params[0] if single else new_params
+        return optree.tree_unflatten(spec, list(new_params))
 
     def state_dict(self) -> Any:
         """The transformation state."""

@@ -22,15 +22,27 @@ from optcompile.update import apply_transform
 __all__ = ["MetaOptimizer"]
 
 
-def _trainable_slots(module: nn.Module) -> tuple[tuple[dict, str], ...]:
-    """(container, name) of every parameter that requires grad, in ``modules()`` order."""
-    slots = []
+Slot = tuple[tuple[dict, str], ...]  # every (container, name) that holds one parameter
+
+
+def _trainable_slots(module: nn.Module) -> tuple[Slot, ...]:
+    """One slot per distinct parameter that requires grad, in ``modules()`` order.
+
+    A tied parameter (the same tensor in two places, e.g. shared embedding and output weights)
+    is one parameter: one gradient, one state, one update, written back to every place.
+    """
+    slots: dict[int, list[tuple[dict, str]]] = {}
     for submodule in module.modules():
         container = submodule._parameters
         for name, value in container.items():
             if value is not None and value.requires_grad:
-                slots.append((container, name))
-    return tuple(slots)
+                slots.setdefault(id(value), []).append((container, name))
+    return tuple(tuple(places) for places in slots.values())
+
+
+def _current(slots: tuple[Slot, ...]) -> tuple[torch.Tensor, ...]:
+    """The parameters the slots hold now (the first place of each)."""
+    return tuple(places[0][0][places[0][1]] for places in slots)
 
 
 class MetaOptimizer:
@@ -47,7 +59,7 @@ class MetaOptimizer:
 
     def __init__(self, module: nn.Module, impl: GradientTransformation) -> None:
         self.impl = _check_impl(impl)
-        self.param_slots_groups: list[tuple[tuple[dict, str], ...]] = []
+        self.param_slots_groups: list[tuple[Slot, ...]] = []
         self.state_groups: list[Any] = []
         self.add_param_group(module)
 
@@ -56,8 +68,9 @@ class MetaOptimizer:
         unique = []
         for slots in self.param_slots_groups:
             seen: dict[int, dict] = {}
-            for container, _ in slots:
-                seen.setdefault(id(container), container)
+            for places in slots:
+                for container, _ in places:
+                    seen.setdefault(id(container), container)
             unique.append(tuple(seen.values()))
         return unique
 
@@ -72,7 +85,7 @@ class MetaOptimizer:
                 f"MetaOptimizer needs at least one"
             )
         self.param_slots_groups.append(slots)
-        self.state_groups.append(self.impl.init(tuple(c[n] for c, n in slots)))
+        self.state_groups.append(self.impl.init(_current(slots)))
 
     def step(self, loss: torch.Tensor) -> None:
         """One differentiable update of every group from ``loss``.
@@ -94,7 +107,7 @@ class MetaOptimizer:
         create_graph = not first_order_active()
         new_groups = []
         for slots, state in zip(self.param_slots_groups, self.state_groups, strict=True):
-            params = tuple(c[n] for c, n in slots)
+            params = _current(slots)
             with torch.enable_grad():
                 grads = torch.autograd.grad(
                     loss, params, create_graph=create_graph, allow_unused=True, retain_graph=True
@@ -105,8 +118,9 @@ class MetaOptimizer:
             new_groups.append((slots, new_params, new_state))
         for i, (slots, new_params, new_state) in enumerate(new_groups):
             self.state_groups[i] = new_state
-            for (container, name), value in zip(slots, new_params, strict=True):
-                container[name] = value
+            for places, value in zip(slots, new_params, strict=True):
+                for container, name in places:
+                    container[name] = value
 
     def state_dict(self) -> tuple[Any, ...]:
         """The state of every group (the live objects, not copies)."""

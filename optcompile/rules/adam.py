@@ -56,6 +56,9 @@ def scale_by_radam(g, mu, nu, *, b1=0.9, b2=0.999, eps=1e-6, count):
     bias2 = 1 - b2**count
     rho_inf = 2 / (1 - b2) - 1
     rho = rho_inf - 2 * count * b2**count / bias2
-    rect = sym.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+    ratio = (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
+    # The square root is negative-valued while rho <= 5 (steps 2-5): guard its input as well as
+    # the output, so that the unused branch holds no NaN even when differentiated twice.
+    rect = sym.sqrt(sym.where(rho > 5, ratio, 1))
     adapted = mu_hat * rect * sym.sqrt(bias2) / (sym.sqrt(nu) + eps)
     return sym.where(rho > 5, adapted, mu_hat), (mu, nu)
