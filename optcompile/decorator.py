@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import sys
 import time
 from collections.abc import Callable
@@ -70,10 +71,20 @@ def optcompile(fn: F | None = None, *, backend: str = "inductor", first_order: b
 
     Raises:
         ValueError: an unknown backend name.
+        TypeError: ``first_order`` is not a bool, or ``fn`` is a generator or coroutine function.
     """
     _check_name(backend)
+    if not isinstance(first_order, bool):
+        raise TypeError(f"first_order={first_order!r} must be True or False")
 
     def decorate(function: F) -> F:
+        if inspect.isgeneratorfunction(function) or inspect.iscoroutinefunction(function):
+            # Their bodies run after the call returns, outside the settings' scope.
+            raise TypeError(
+                f"@optcompile cannot decorate the generator or coroutine function "
+                f"{function.__qualname__}: its body runs after the call returns, outside the "
+                f"decorator's settings; decorate a plain function that runs the inner loop"
+            )
         first_call = [True]
 
         @functools.wraps(function)

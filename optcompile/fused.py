@@ -276,6 +276,23 @@ def _check_state(member: Member, state: Any, n_leaves: int) -> None:
             )
 
 
+def _check_shapes(
+    members: Sequence[Member], states: list[Any], leaves: list, active: list[int]
+) -> None:
+    """Every state buffer of an updated leaf has the update's shape (kernels would broadcast)."""
+    for member, state in zip(members, states, strict=True):
+        for b in member.rule.ir.state:
+            column = getattr(state, b.name)
+            for i in active:
+                if column[i] is None or column[i].shape != leaves[i].shape:
+                    got = None if column[i] is None else tuple(column[i].shape)
+                    raise ValueError(
+                        f"state: {type(state).__name__}.{b.name}[{i}] has shape {got} but "
+                        f"updates leaf {i} has shape {tuple(leaves[i].shape)}; the state was "
+                        f"initialised for other params (call init with these params)"
+                    )
+
+
 def _scalar(
     value: Any, count: int, updates: list, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -286,10 +303,15 @@ def _scalar(
         with torch.no_grad():
             return value.fn(updates).to(device=device, dtype=dtype).reshape(())
     if callable(value):
-        value = value(torch.tensor(count, dtype=torch.int64))
-        if isinstance(value, torch.Tensor):
-            return value.to(device=device, dtype=dtype).reshape(())
-        return torch.tensor(float(value), dtype=dtype, device=device)  # changes every step
+        result = value(torch.tensor(count, dtype=torch.int64))
+        if isinstance(result, torch.Tensor) and result.numel() == 1:
+            return result.to(device=device, dtype=dtype).reshape(())
+        if isinstance(result, numbers.Real) and not isinstance(result, bool):
+            return torch.tensor(float(result), dtype=dtype, device=device)  # per step
+        raise TypeError(
+            f"a schedule must return a number or a 1-element tensor; {value!r} returned "
+            f"{type(result).__name__} {getattr(result, 'shape', '')} at count {count}"
+        )
     return _constant(float(value), device, dtype)
 
 
@@ -353,6 +375,7 @@ def _step(
     for member, state in zip(members, states, strict=True):
         _check_state(member, state, len(leaves))
     active = _validate_updates(leaves)
+    _check_shapes(members, states, leaves, active)
     if apply and params is None:
         raise ValueError("params: applying the update needs the parameters; pass params=")
     if not active:
@@ -365,7 +388,7 @@ def _step(
     # differentiable in p (the identity path) while u is not: then the addition runs on its own.
     fused_apply = apply and differentiable and requested != "native"
     kernel = _kernel_for(tx, fused_apply)
-    p_leaves = _param_leaves(kernel, params, len(leaves))
+    p_leaves = _param_leaves(kernel, params, leaves)
     device = leaves[active[0]].device
     all_updates = [leaves[i] for i in active]
     elements = sum(u.numel() for u in all_updates)
@@ -448,7 +471,7 @@ def _step_one_by_one(
     return updates, new_states
 
 
-def _param_leaves(kernel: Kernel, params: Any, n_leaves: int) -> list | None:
+def _param_leaves(kernel: Kernel, params: Any, updates_leaves: list) -> list | None:
     """The parameter leaves when the kernel reads them (None otherwise), checked against updates."""
     if kernel.ir.params is None:
         return None
@@ -458,8 +481,15 @@ def _param_leaves(kernel: Kernel, params: Any, n_leaves: int) -> list | None:
             f"(e.g. tx.update(grads, state, params=params))"
         )
     p_leaves, _ = _leaves(params)
+    n_leaves = len(updates_leaves)
     if len(p_leaves) != n_leaves:
         raise ValueError(f"params: {len(p_leaves)} tensors, but the updates have {n_leaves}")
+    for i, (p, u) in enumerate(zip(p_leaves, updates_leaves, strict=True)):
+        if u is not None and (not isinstance(p, torch.Tensor) or p.shape != u.shape):
+            shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+            raise ValueError(
+                f"params: leaf {i} has shape {shape} but its update has {tuple(u.shape)}"
+            )
     return p_leaves
 
 

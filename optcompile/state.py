@@ -188,10 +188,14 @@ def extract_state_dict(
     copy_buffer = _replicator("deepcopy", device) if detach_buffers else replicate
     visual_contents = None
     if enable_visual:
-        visual_contents = {
-            (p if p.grad_fn is None else p.grad_fn): visual_prefix + name
-            for name, p in target.named_parameters()
-        }
+        # Parameters updated by one fused step share its grad_fn: name it after all of them.
+        visual_contents = {}
+        for name, p in target.named_parameters():
+            key = p if p.grad_fn is None else p.grad_fn
+            label = visual_prefix + name
+            visual_contents[key] = (
+                f"{visual_contents[key]}, {label}" if key in visual_contents else label
+            )
     return ModuleState(
         params=tuple(_tensors_of(c, replicate) for c in param_containers),
         buffers=tuple(_tensors_of(c, copy_buffer) for c in buffer_containers),
@@ -310,10 +314,15 @@ def module_clone(
 ) -> Any:
     """Clone a module, an optimizer or a pytree of tensors, replicating its tensors per ``by``.
 
-    A module or optimizer is ``copy.deepcopy``-ed with its tensors shared (so non-leaf tensors
-    need not support deepcopy), then given the state that :func:`extract_state_dict` extracts
-    from the original with ``by``, ``device`` and ``detach_buffers``. In a pytree each tensor is
-    replicated as ``extract_state_dict`` would.
+    A module or optimizer is ``copy.deepcopy``-ed with the tensors of its own state shared (so
+    a module's non-leaf parameters need not support deepcopy), then given the state that
+    :func:`extract_state_dict` extracts from the original with ``by``, ``device`` and
+    ``detach_buffers``. In a pytree each tensor is replicated as ``extract_state_dict`` would.
+
+    A meta-optimizer's clone holds copies of its module's parameter containers, not the module
+    itself (as in TorchOpt): clone the module and build a new optimizer on the clone to adapt
+    a copy. Cloning a meta-optimizer after a step fails where its module's parameters are
+    non-leaf tensors (torch cannot deepcopy those).
 
     Args:
         target: an ``nn.Module``, an object with ``state_dict()`` and ``load_state_dict()``, or a

@@ -46,7 +46,10 @@ def _collect_names(params: Any, names: dict[int, tuple[Any, str]]) -> None:
     def add(obj: Any, name: str) -> None:
         names[id(obj)] = (obj, name)
         if isinstance(obj, torch.Tensor) and obj.grad_fn is not None:
-            names.setdefault(id(obj.grad_fn), (obj.grad_fn, name))
+            # Tensors made by one fused optimizer step share its grad_fn: list every name.
+            known = names.get(id(obj.grad_fn))
+            joined = name if known is None or name in known[1] else f"{known[1]}, {name}"
+            names[id(obj.grad_fn)] = (obj.grad_fn, joined)
 
     if hasattr(params, "visual_contents"):
         if params.visual_contents is None:

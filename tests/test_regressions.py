@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -128,3 +129,70 @@ def test_func_optimizer_takes_any_pytree_and_returns_the_same_structure():
     assert set(new) == {"w", "b"}
     torch.testing.assert_close(new["w"], w - 0.2 * w)
     torch.testing.assert_close(new["b"], b - 0.2 * b)
+
+
+# ------------------------------------------------------------------ second review
+
+
+def test_gradient_of_another_shape_is_rejected_not_broadcast():
+    tx = optcompile.adam(0.1, backend="eager")
+    state = tx.init([torch.randn(3)])
+    with pytest.raises(ValueError, match=r"ScaleByAdamState\.mu\[0\] has shape \(3,\) but"):
+        tx.update([torch.randn(2, 3)], state)
+
+
+def test_params_of_another_shape_are_rejected():
+    tx = optcompile.adam(0.1, weight_decay=0.1, backend="eager")
+    state = tx.init([torch.randn(3)])
+    with pytest.raises(ValueError, match=r"params: leaf 0 has shape \(2,\) but its update"):
+        tx.update([torch.randn(3)], state, params=[torch.randn(2)])
+
+
+def test_meta_optimizer_refuses_the_state_of_another_model():
+    small = optcompile.MetaAdam(nn.Linear(1, 1), lr=0.1, backend="eager")
+    large = optcompile.MetaAdam(nn.Linear(3, 1), lr=0.1, backend="eager")
+    with pytest.raises(ValueError, match=r"has shape \(1, 1\) but this optimizer's has \(1, 3\)"):
+        large.load_state_dict(small.state_dict())
+
+
+def test_decorator_refuses_generators_and_non_bool_first_order():
+    def generator_loop():
+        yield
+
+    with pytest.raises(TypeError, match=r"cannot decorate the generator or coroutine function"):
+        optcompile.optcompile(backend="eager")(generator_loop)
+    with pytest.raises(TypeError, match=r"first_order='yes' must be True or False"):
+        optcompile.optcompile(first_order="yes")
+
+
+def test_visual_names_every_parameter_of_a_fused_step():
+    net = nn.Linear(3, 2)
+    optim = optcompile.MetaSGD(net, lr=0.1, backend="eager")
+    optim.step(net(torch.ones(1, 3)).sum())
+    state = optcompile.extract_state_dict(net, enable_visual=True, visual_prefix="step1.")
+    assert sorted(state.visual_contents.values()) == ["step1.weight, step1.bias"]
+    dot = optcompile.visual.make_dot(net(torch.ones(1, 3)).sum(), params=state)
+    assert "step1.weight, step1.bias" in dot.source
+
+
+def test_step_with_a_stale_loss_is_an_error_and_changes_nothing():
+    net = nn.Linear(3, 1)
+    optim = optcompile.MetaSGD(net, lr=0.1, backend="eager")
+    loss = net(torch.ones(2, 3)).sum()
+    optim.step(loss)
+    before = [p for p in net.parameters()]
+    with pytest.raises(ValueError, match=r"loss does not depend on any parameter"):
+        optim.step(loss)  # computed before the last step
+    assert all(a is b for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_schedule_returning_a_vector_is_a_clear_error():
+    tx = optcompile.sgd(lambda count: torch.ones(3), backend="eager")
+    p = torch.ones(2)
+    with pytest.raises(TypeError, match=r"a schedule must return a number or a 1-element tensor"):
+        tx.update(torch.ones(2), tx.init(p), params=p)
+
+
+def test_classic_optimizer_given_a_module_says_to_pass_its_parameters():
+    with pytest.raises(TypeError, match=r"pass module\.parameters\(\)"):
+        optcompile.Adam(nn.Linear(2, 2))

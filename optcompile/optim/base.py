@@ -46,6 +46,11 @@ class Optimizer:
         """Add a group of parameters, with a freshly initialised state."""
         if isinstance(params, torch.Tensor):
             raise TypeError("params must be an iterable of tensors, got a single tensor")
+        if isinstance(params, torch.nn.Module):
+            raise TypeError(
+                f"params must be an iterable of tensors, got the module {type(params).__name__}; "
+                f"pass module.parameters()"
+            )
         flat, spec = optree.tree_flatten(tuple(params))
         for i, p in enumerate(flat):
             if not isinstance(p, torch.Tensor):
@@ -110,3 +115,14 @@ def _check_state_groups(current: Sequence[Any], new: Sequence[Any]) -> None:
                 f"state_dict: group {i} has structure {new_spec}, but this optimizer's state "
                 f"is {old_spec} (a state from another optimizer or model?)"
             )
+        old_leaves = optree.tree_leaves(old, none_is_leaf=True)
+        new_leaves = optree.tree_leaves(candidate, none_is_leaf=True)
+        for k, (a, b) in enumerate(zip(old_leaves, new_leaves, strict=True)):
+            if isinstance(a, torch.Tensor) and (
+                not isinstance(b, torch.Tensor) or a.shape != b.shape
+            ):
+                got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+                raise ValueError(
+                    f"state_dict: group {i}, tensor {k} has shape {got} but this optimizer's "
+                    f"has {tuple(a.shape)} (a state of another model?)"
+                )

@@ -105,17 +105,23 @@ class MetaOptimizer:
                 "or under torch.no_grad()"
             )
         create_graph = not first_order_active()
-        new_groups = []
+        new_groups, all_grads = [], []
         for slots, state in zip(self.param_slots_groups, self.state_groups, strict=True):
             params = _current(slots)
             with torch.enable_grad():
                 grads = torch.autograd.grad(
                     loss, params, create_graph=create_graph, allow_unused=True, retain_graph=True
                 )
+                all_grads.append(grads)
                 new_params, new_state = apply_transform(
                     self.impl, grads, state, params, inplace=False
                 )
             new_groups.append((slots, new_params, new_state))
+        if all(g is None for grads in all_grads for g in grads):
+            raise ValueError(
+                "loss does not depend on any parameter this optimizer updates: it was computed "
+                "before the last step (compute it again from the module), or without the module"
+            )
         for i, (slots, new_params, new_state) in enumerate(new_groups):
             self.state_groups[i] = new_state
             for places, value in zip(slots, new_params, strict=True):
