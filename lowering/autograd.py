@@ -140,8 +140,30 @@ def apply_kernel(
     flat = [t for column in tensor_lists for t in column] + list(scalars)
     if not (differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in flat)):
         with torch.no_grad():
-            return _distinct(backend.forward(kernel)(tensor_lists, scalars), flat)
-    outputs = FusedStep.apply(  # type: ignore[no-untyped-call]  # torch: apply is unannotated
-        kernel, backend, n_leaves, len(tensor_lists), *flat
-    )
-    return [list(outputs[k * n_leaves : (k + 1) * n_leaves]) for k in range(len(kernel.ir.outputs))]
+            outputs = _distinct(backend.forward(kernel)(tensor_lists, scalars), flat)
+    else:
+        packed = FusedStep.apply(  # type: ignore[no-untyped-call]  # torch: apply is unannotated
+            kernel, backend, n_leaves, len(tensor_lists), *flat
+        )
+        outputs = [
+            list(packed[k * n_leaves : (k + 1) * n_leaves]) for k in range(len(kernel.ir.outputs))
+        ]
+    return _restore_dtypes(outputs, tensor_lists)
+
+
+def _restore_dtypes(
+    outputs: list[list[torch.Tensor]], tensor_lists: TensorLists
+) -> list[list[torch.Tensor]]:
+    """Give each output its input's dtype (update -> update, state -> state buffer).
+
+    Scalars enter as 0-d tensors (float32/float64, or a user's learnable tensor of any floating
+    dtype); against a tensor with dimensions they never change its dtype, but when a parameter
+    is 0-d too, type promotion would follow the scalars.
+    """
+    return [
+        [
+            out if out.dtype == ref.dtype else out.to(ref.dtype)
+            for out, ref in zip(c, r, strict=True)
+        ]
+        for c, r in zip(outputs, tensor_lists, strict=False)  # tensor_lists may end with params
+    ]

@@ -1,8 +1,9 @@
 """Fusing rules: the outputs of one rule substituted into the next, giving one rule.
 
 ``compose([a, b])`` is the rule whose update is ``b(a(g))``: every symbol of member ``i`` is
-renamed with the prefix ``s<i>_`` so that two members may both own a ``mu``; ``params`` and
-``count`` are shared, since a chain's members see the same parameters and step together.
+renamed with the prefix ``s<i>_`` so that two members may both own a ``mu`` (and each its own
+``count``: a chain's states may be reset apart); ``params`` is shared, since a chain's members
+see the same parameters.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ __all__ = ["compose"]
 
 def _renamed(ir: RuleIR, prefix: str) -> RuleIR:
     mapping = {
-        s: sympy.Symbol(prefix + s.name, real=True) for s in (ir.update, *ir.state, *ir.hypers)
+        s: sympy.Symbol(prefix + s.name, real=True)
+        for s in (ir.update, *ir.state, *ir.hypers, *ir.counts)
     }
     return RuleIR(
         name=ir.name,
@@ -26,7 +28,7 @@ def _renamed(ir: RuleIR, prefix: str) -> RuleIR:
         state=tuple(mapping[s] for s in ir.state),
         hypers=tuple(mapping[h] for h in ir.hypers),
         params=ir.params,
-        count=ir.count,
+        counts=tuple(mapping[c] for c in ir.counts),
         outputs=tuple(out.xreplace(mapping) for out in ir.outputs),
     )
 
@@ -45,13 +47,12 @@ def compose(irs: Sequence[RuleIR], name: str) -> RuleIR:
         update_expr = new_update
         state_outputs.extend(new_state)
     params = next((m.params for m in members if m.params is not None), None)
-    count = next((m.count for m in members if m.count is not None), None)
     return RuleIR(
         name=name,
         update=members[0].update,
         state=tuple(s for m in members for s in m.state),
         hypers=tuple(h for m in members for h in m.hypers),
         params=params,
-        count=count,
+        counts=tuple(c for m in members for c in m.counts),
         outputs=(update_expr, *state_outputs),
     )

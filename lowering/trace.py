@@ -36,7 +36,9 @@ class RuleIR:
         state: the symbols of the state buffers, in declaration order.
         hypers: the symbols of the hyper-parameters, in declaration order.
         params: the parameter symbol, or None when the rule does not read parameters.
-        count: the step-count symbol, or None when the rule does not read it.
+        counts: the step-count symbols: none when the rule does not read ``count``, one for a
+            declared rule, one per count-reading member for a fused chain (members whose
+            states were reset separately are at different steps).
         outputs: the new update followed by the new value of each state buffer.
     """
 
@@ -45,7 +47,7 @@ class RuleIR:
     state: tuple[sympy.Symbol, ...]
     hypers: tuple[sympy.Symbol, ...]
     params: sympy.Symbol | None
-    count: sympy.Symbol | None
+    counts: tuple[sympy.Symbol, ...]
     outputs: tuple[sympy.Expr, ...]
 
     @property
@@ -55,8 +57,8 @@ class RuleIR:
 
     @property
     def scalar_inputs(self) -> tuple[sympy.Symbol, ...]:
-        """The scalar inputs: hyper-parameters, then count if used."""
-        return (*self.hypers, *((self.count,) if self.count is not None else ()))
+        """The scalar inputs: hyper-parameters, then the step counts."""
+        return (*self.hypers, *self.counts)
 
 
 def _symbol(name: str) -> sympy.Symbol:
@@ -154,7 +156,7 @@ def trace(fn: Callable[..., object], state: tuple[str, ...]) -> RuleIR:
         state=state_syms,
         hypers=tuple(hyper_syms.values()),
         params=params,
-        count=count,
+        counts=() if count is None else (count,),
         outputs=outputs,
     )
 

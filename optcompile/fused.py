@@ -64,7 +64,7 @@ class Member:
     @property
     def state_type(self) -> type:
         """The rule's state type, with a step ``count`` when the rule or a schedule needs one."""
-        needs_count = self.rule.ir.count is not None or any(_is_schedule(v) for _, v in self.hypers)
+        needs_count = bool(self.rule.ir.counts) or any(_is_schedule(v) for _, v in self.hypers)
         return self.rule.state_type_for(needs_count)
 
 
@@ -380,8 +380,6 @@ def _step(
         raise ValueError("params: applying the update needs the parameters; pass params=")
     if not active:
         return (params if apply else updates), states
-    if len(members) > 1 and _counts_disagree(members, states, active):
-        return _step_one_by_one(tx, updates, states, params, inplace, apply)
     requested = tx.backend if tx.backend is not None else current_backend()
     differentiable = not inplace and not first_order_active()
     # The native kernels compute Adam's update only, and a first-order step needs p + u to stay
@@ -417,15 +415,15 @@ def _step(
             for values, count in zip(hypers, member_counts, strict=True)
             for v in values
         ]
-        if kernel.ir.count is not None:
-            # A chain's members step together: the first member that reads count speaks for all.
-            readers = zip(members, member_counts, strict=True)
-            step = next(c for m, c in readers if m.rule.ir.count is not None)
-            scalars.append(torch.tensor(float(step + 1), dtype=dtype, device=device))
+        # Each member that reads count gets its own (states of a chain may be reset apart).
+        scalars += [
+            torch.tensor(float(count + 1), dtype=dtype, device=device)
+            for member, count in zip(members, member_counts, strict=True)
+            if member.rule.ir.counts
+        ]
         outputs = apply_kernel(
             kernel, backend, tensor_lists, scalars, differentiable=differentiable
         )
-        _restore_dtypes(outputs, tensor_lists)
         for j, i in enumerate(group):
             new_leaves[i] = outputs[0][j]
             for column, output in zip(columns, outputs[1:], strict=True):
@@ -438,37 +436,6 @@ def _step(
     if apply and not fused_apply:
         result = apply_updates(params, result, inplace=inplace)
     return result, _next_states(members, states, columns, leaves)
-
-
-def _counts_disagree(members: Sequence[Member], states: list[Any], active: list[int]) -> bool:
-    """Whether two members that read ``count`` are at different steps (one state was reset).
-
-    A fused kernel has one ``count`` for all its members, which is right as long as they step
-    together, the usual case.
-    """
-    counters = [
-        s.count for m, s in zip(members, states, strict=True) if m.rule.ir.count is not None
-    ]
-    return any(len({int(c[i]) for c in counters}) > 1 for i in active)
-
-
-def _step_one_by_one(
-    tx: RuleTransformation,
-    updates: Any,
-    states: list[Any],
-    params: Any,
-    inplace: bool,
-    apply: bool,
-) -> tuple[Any, list[Any]]:
-    """Run the members as separate kernels, each with its own count."""
-    new_states = []
-    for member, state in zip(tx.members, states, strict=True):
-        single = RuleTransformation([member], tx.backend)
-        updates, (new_state,) = _step(single, updates, [state], params, inplace)
-        new_states.append(new_state)
-    if apply:
-        updates = apply_updates(params, updates, inplace=inplace)
-    return updates, new_states
 
 
 def _param_leaves(kernel: Kernel, params: Any, updates_leaves: list) -> list | None:
@@ -509,18 +476,3 @@ def _next_states(
             ]
         new_states.append(type(state)(**fields) if fields else state)
     return new_states
-
-
-def _restore_dtypes(
-    outputs: list[list[torch.Tensor]], tensor_lists: list[list[torch.Tensor]]
-) -> None:
-    """Give each output its input's dtype again.
-
-    Scalars enter kernels as 0-d tensors (float32/float64, or a user's learnable tensor of any
-    floating dtype); against a tensor with dimensions they never change its dtype, but when a
-    parameter is 0-d too, type promotion would follow the scalars.
-    """
-    for column, like in zip(outputs, tensor_lists, strict=False):
-        for j, (out, ref) in enumerate(zip(column, like, strict=True)):
-            if out.dtype != ref.dtype:
-                column[j] = out.to(ref.dtype)

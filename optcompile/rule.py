@@ -75,7 +75,7 @@ class Rule:
                     f"rule {self.name}: init[{buffer!r}]={value!r} is not a hyper-parameter"
                 )
         self._state_name = state_name or _camel(self.name) + "State"
-        self.state_type = self.state_type_for(self.ir.count is not None)
+        self.state_type = self.state_type_for(bool(self.ir.counts))
         functools.update_wrapper(self, fn)
 
     def state_type_for(self, needs_count: bool) -> type:

@@ -3,20 +3,5 @@
 The implementations live in :mod:`optcompile.state`.
 """
 
-from optcompile.state import (
-    ModuleState,
-    extract_state_dict,
-    module_clone,
-    module_detach_,
-    recover_state_dict,
-    stop_gradient,
-)
-
-__all__ = [
-    "ModuleState",
-    "extract_state_dict",
-    "recover_state_dict",
-    "stop_gradient",
-    "module_clone",
-    "module_detach_",
-]
+from optcompile.state import *  # noqa: F403 - the same public names
+from optcompile.state import __all__ as __all__

@@ -30,7 +30,7 @@ def _kernel_fn(rule, count=None):
     def fn(*args):
         tensors, hypers = args[:n_tensor], args[n_tensor:]
         scalars = list(hypers)
-        if kernel.ir.count is not None:
+        if kernel.ir.counts:
             scalars.append(torch.tensor(float(count), dtype=torch.float64))
         outputs = apply_kernel(
             kernel, get_backend("eager"), [[t] for t in tensors], scalars, differentiable=True

@@ -36,7 +36,7 @@ def test_vjp_is_finite_wherever_the_forward_is(rule, data, count):
         x = torch.tensor(data.draw(vectors), dtype=torch.float64)
         tensors.append(x.abs() if symbol.name in NON_NEGATIVE else x)
     scalars = [torch.tensor(float(rule.defaults[h.name]), dtype=torch.float64) for h in ir.hypers]
-    if ir.count is not None:
+    if ir.counts:
         scalars.append(torch.tensor(float(count), dtype=torch.float64))
     outputs = kernel.forward(*tensors, *scalars)
     cotangents = [torch.tensor(data.draw(vectors), dtype=torch.float64) for _ in outputs]

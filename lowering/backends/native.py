@@ -66,7 +66,7 @@ def _match(ir: RuleIR) -> str | None:
         if (
             len(ir.tensor_inputs) != len(pattern.tensor_inputs)
             or len(ir.scalar_inputs) != len(pattern.scalar_inputs)
-            or (ir.count is None) != (pattern.count is None)
+            or len(ir.counts) != len(pattern.counts)
         ):
             continue
         renaming = dict(zip(ir.tensor_inputs, pattern.tensor_inputs, strict=True))

@@ -41,7 +41,7 @@ def test_vjp_passes_gradcheck(name):
         torch.tensor(float(rule.defaults[h.name]) or 0.3, dtype=torch.float64, requires_grad=True)
         for h in ir.hypers
     ]
-    count = [torch.tensor(7.0, dtype=torch.float64)] if ir.count is not None else []
+    count = [torch.tensor(7.0, dtype=torch.float64)] if ir.counts else []
 
     def run(*inputs):
         tensor_inputs, hyper_inputs = inputs[: len(tensors)], inputs[len(tensors) :]
