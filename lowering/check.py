@@ -19,7 +19,7 @@ from optcompile.errors import HyperparameterError, RuleError
 from optcompile.lowering.safe import DERIVATIVES
 from optcompile.lowering.trace import RuleIR
 
-__all__ = ["check_rule", "Domain", "parse_domain"]
+__all__ = ["check_rule", "Domain", "numbers_of", "parse_domain"]
 
 _STRUCTURAL = (
     sympy.Symbol,
@@ -85,24 +85,32 @@ class Domain:
     def validate(self, name: str, value: object) -> None:
         """Raise :class:`HyperparameterError` unless ``value`` is a real number in the domain.
 
-        Tensors are checked by value (they are 0-d at construction); schedules are not checked.
+        Tensors are checked by value, every task's value for one batched by ``vmap``;
+        schedules are not checked.
         """
-        number = _as_number(value)
-        if number is not None and not self.contains(number):
+        values = numbers_of(value)
+        if values is not None and not all(self.contains(v) for v in values):
             raise HyperparameterError(name, value, self.text)
 
 
-def _as_number(value: object) -> float | None:
+def numbers_of(value: object) -> list[float] | None:
+    """The value(s) of a number or one-element tensor; None for anything else (a schedule).
+
+    A tensor wrapped by ``torch.func`` transforms is read through its wrappers: under ``vmap``
+    a per-task hyper-parameter is one number per task, all of which are returned.
+    """
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
+        return [float(value)]
     try:
         import torch
-
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            return float(value.detach().reshape(()).item())
     except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    return None
+        return None
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        return None
+    plain = value
+    while torch._C._functorch.is_functorch_wrapped_tensor(plain):
+        plain = torch._C._functorch.get_unwrapped(plain)
+    return [float(v) for v in plain.detach().flatten().tolist()]
 
 
 _INTERVAL = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])\s*$")

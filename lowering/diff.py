@@ -1,9 +1,12 @@
-"""Symbolic differentiation of rules: the vector-Jacobian product as sympy expressions.
+"""Symbolic differentiation of rules: vector-Jacobian and Jacobian-vector products in sympy.
 
 For outputs :math:`y_o = f_o(x_1, \\dots, x_n)` and cotangents :math:`\\bar y_o`, the VJP is
-:math:`\\bar x_i = \\sum_o \\bar y_o \\, \\partial f_o / \\partial x_i`. Sums, products,
-``where`` and comparisons are differentiated here; every other head goes through the explicit
-table in :mod:`optcompile.lowering.safe`, so no derivative convention is hidden in sympy.
+:math:`\\bar x_i = \\sum_o \\bar y_o \\, \\partial f_o / \\partial x_i`; for tangents
+:math:`\\dot x_i` the JVP (forward mode) is
+:math:`\\dot y_o = \\sum_i \\partial f_o / \\partial x_i \\, \\dot x_i`. Both use the same
+partial derivatives, hence the same conventions. Sums, products, ``where`` and comparisons are
+differentiated here; every other head goes through the explicit table in
+:mod:`optcompile.lowering.safe`, so no derivative convention is hidden in sympy.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sympy
 from optcompile.errors import InternalError
 from optcompile.lowering.safe import derivative_rule
 
-__all__ = ["derivative", "vjp"]
+__all__ = ["derivative", "jvp", "vjp"]
 
 _ZERO: sympy.Integer = sympy.Integer(0)
 
@@ -101,3 +104,26 @@ def vjp(
         ]
         result.append(sympy.Add(*terms))
     return result
+
+
+def jvp(
+    outputs: Sequence[sympy.Expr],
+    tangents: Sequence[sympy.Symbol | None],
+    wrt: Sequence[sympy.Symbol],
+) -> list[sympy.Expr]:
+    """The tangent of each output: ``sum_i d outputs[o] / d wrt[i] * tangents[i]``.
+
+    A ``None`` tangent means that input's tangent is zero (it is skipped). A result of exactly
+    ``0`` means no input with a tangent influences that output.
+    """
+    memo: dict[tuple[sympy.Basic, sympy.Symbol], sympy.Expr] = {}
+    return [
+        sympy.Add(
+            *(
+                _derivative(out, x, memo) * tangent
+                for x, tangent in zip(wrt, tangents, strict=True)
+                if tangent is not None
+            )
+        )
+        for out in outputs
+    ]

@@ -1,8 +1,9 @@
 """A rule made ready for backends: checked, with emitted forward and VJP sources.
 
-A :class:`Kernel` is the rule's IR after ``check``; its forward source is emitted once, and one
-VJP source is emitted per *variant* — which inputs need a gradient and which outputs bring a
-cotangent — so that a backward computes only what autograd asks for.
+A :class:`Kernel` is the rule's IR after ``check``; its forward source is emitted once, one VJP
+source per *variant* — which inputs need a gradient and which outputs bring a cotangent — so
+that a backward computes only what autograd asks for, and one JVP (forward-mode) source per set
+of inputs that carry a tangent.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Kernel:
         self._vjp_cache: dict[
             Variant, tuple[str, Callable[..., tuple[torch.Tensor | None, ...]]]
         ] = {}
+        self._jvp_cache: dict[tuple[bool, ...], Callable[..., tuple[torch.Tensor | None, ...]]] = {}
 
     @property
     def name(self) -> str:
@@ -57,6 +59,14 @@ class Kernel:
         """One cotangent symbol per output: ``ct_<update>``, ``ct_<state>``..."""
         names = [self.ir.update.name, *(s.name for s in self.ir.state)]
         return tuple(sympy.Symbol(f"ct_{n}", real=True) for n in names)
+
+    @cached_property
+    def tangent_symbols(self) -> tuple[sympy.Symbol, ...]:
+        """One tangent symbol per differentiable input: ``dt_<tensor input>``, ``dt_<hyper>``."""
+        return tuple(
+            sympy.Symbol(f"dt_{x.name}", real=True)
+            for x in (*self.ir.tensor_inputs, *self.ir.hypers)
+        )
 
     @cached_property
     def forward_source(self) -> str:
@@ -103,9 +113,10 @@ class Kernel:
         if variant not in self._vjp_cache:
             ir = self.ir
             n_tensor = len(ir.tensor_inputs)
+            wrt = [*ir.tensor_inputs, *ir.hypers]
             outputs = [
-                OutputSpec(expr, reduce=i >= n_tensor)
-                for i, expr in enumerate(self.vjp_expressions(variant))
+                OutputSpec(expr, reduce_to=x if i >= n_tensor else None)
+                for i, (x, expr) in enumerate(zip(wrt, self.vjp_expressions(variant), strict=True))
             ]
             source = emit_function(
                 f"{_identifier(ir.name)}_vjp",
@@ -116,6 +127,36 @@ class Kernel:
             )
             self._vjp_cache[variant] = (source, _compile_source(source, f"{self.name}.vjp"))
         return self._vjp_cache[variant]
+
+    def jvp_source(self, has_tangent: tuple[bool, ...]) -> str:
+        """Python source of the per-element JVP for inputs with ``has_tangent``.
+
+        ``has_tangent`` has one flag per tensor input then per hyper-parameter. The function
+        takes ``(tangents..., tensors..., scalars...)`` (absent tangents passed as None, not
+        read) and returns one tangent per output, None where it is identically zero.
+        """
+        ir = self.ir
+        tangents = [
+            t if present else None
+            for t, present in zip(self.tangent_symbols, has_tangent, strict=True)
+        ]
+        exprs = diff.jvp(ir.outputs, tangents, [*ir.tensor_inputs, *ir.hypers])
+        n_tensor = len(ir.tensor_inputs)
+        return emit_function(
+            f"{_identifier(ir.name)}_jvp",
+            [*self.tangent_symbols, *ir.tensor_inputs, *ir.scalar_inputs],
+            [OutputSpec(None if e == 0 else e) for e in exprs],
+            set(ir.tensor_inputs) | set(self.tangent_symbols[:n_tensor]),
+            like=ir.update,
+        )
+
+    def jvp(self, has_tangent: tuple[bool, ...]) -> Callable[..., tuple[torch.Tensor | None, ...]]:
+        """The per-element JVP (see :meth:`jvp_source`), built once per ``has_tangent``."""
+        if has_tangent not in self._jvp_cache:
+            self._jvp_cache[has_tangent] = _compile_source(
+                self.jvp_source(has_tangent), f"{self.name}.jvp"
+            )
+        return self._jvp_cache[has_tangent]
 
 
 def _identifier(name: str) -> str:

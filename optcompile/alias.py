@@ -17,6 +17,7 @@ from optcompile.base import GradientTransformation
 from optcompile.combine import ChainedGradientTransformation
 from optcompile.errors import HyperparameterError
 from optcompile.fused import from_rule
+from optcompile.lowering.check import numbers_of
 from optcompile.rules import adam as _adam
 from optcompile.rules import rms as _rms
 from optcompile.rules import sgd as _sgd
@@ -25,25 +26,17 @@ from optcompile.rules.basic import flip_sign_and_add_weight_decay, scale_by_neg_
 __all__ = ["sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop"]
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value.detach().reshape(()))
-    return None
-
-
 def _check(
     name: str, value: Any, low: float, high: float = float("inf"), *, high_open: bool = False
 ) -> None:
     """Raise HyperparameterError naming ``name`` unless ``low <= value <= high`` (or < high)."""
-    number = _number(value)
-    if number is None:
+    values = numbers_of(value)
+    if values is None:
         if callable(value) and not isinstance(value, torch.Tensor):
             return  # a schedule: its values are not known in advance
         raise TypeError(f"{name}={value!r} must be a real number or a 0-d tensor")
-    above = number >= low
-    below = number < high if high_open else number <= high
+    above = all(v >= low for v in values)
+    below = all(v < high if high_open else v <= high for v in values)
     if not (above and below):
         domain = (
             f"[{low:g}, {high:g}{')' if high_open else ']'}"
@@ -137,7 +130,7 @@ def sgd(
     _check("momentum", momentum, 0.0)
     _check("dampening", dampening, 0.0, 1.0)
     _check("weight_decay", weight_decay, 0.0)
-    if nesterov and (_number(momentum) == 0 or _number(dampening) != 0):
+    if nesterov and (numbers_of(momentum) == [0.0] or numbers_of(dampening) != [0.0]):
         raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
     momentum_tx = None
     if not _is_zero(momentum):

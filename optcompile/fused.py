@@ -25,7 +25,7 @@ import torch
 
 from optcompile.base import GradientTransformation
 from optcompile.decorator import current_backend, first_order_active
-from optcompile.lowering.autograd import apply_kernel
+from optcompile.lowering.autograd import apply_kernel, transforms_active
 from optcompile.lowering.backends import _check_name, select_backend
 from optcompile.lowering.compose import compose
 from optcompile.lowering.kernel import Kernel
@@ -245,11 +245,7 @@ def _init_states(members: Sequence[Member], params: Any) -> list[Any]:
             if isinstance(value, torch.Tensor):
                 value = float(value.detach())
             fields[symbol.name] = [
-                None
-                if p is None
-                else torch.full_like(p, value, memory_format=torch.preserve_format)
-                .detach()
-                .requires_grad_(member.moment_requires_grad)
+                None if p is None else _filled_like(p, value, member.moment_requires_grad)
                 for p in leaves
             ]
         if "count" in member.state_type._fields:
@@ -258,6 +254,27 @@ def _init_states(members: Sequence[Member], params: Any) -> list[Any]:
             fields["count"] = [torch.zeros((), dtype=torch.int64) for _ in leaves]
         states.append(member.state_type(**fields))
     return states
+
+
+def _filled_like(p: torch.Tensor, value: float, requires_grad: bool) -> torch.Tensor:
+    """A state buffer for parameter ``p``, filled with ``value``.
+
+    Inside a ``torch.func`` transform ``p`` may be a wrapped tensor (a task's slice under vmap);
+    the buffer is then a plain tensor of ``p``'s per-task shape: it is the same for every task
+    (the batching rule broadcasts it) and a constant to the transforms; with
+    ``moment_requires_grad`` it is a leaf of the outer autograd graph (``requires_grad_`` is
+    refused inside transforms, so it is made with the transforms set aside).
+    """
+    if not transforms_active():
+        buffer = torch.full_like(p, value, memory_format=torch.preserve_format).detach()
+        return buffer.requires_grad_() if requires_grad else buffer
+    from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+
+    # Made outside the transforms: a leaf of the outer autograd graph, whose .grad the outer
+    # backward fills (summed over tasks under vmap), as for moments made outside.
+    with temporarily_clear_interpreter_stack():
+        buffer = torch.full(p.shape, value, dtype=p.dtype, device=p.device)
+        return buffer.requires_grad_() if requires_grad else buffer
 
 
 def _check_state(member: Member, state: Any, n_leaves: int) -> None:

@@ -31,9 +31,17 @@ VjpFn = Callable[
 
 
 class Backend(ABC):
-    """One way of running kernels (eager Python, Inductor, native C++/CUDA)."""
+    """One way of running kernels (eager Python, Inductor, native C++/CUDA).
+
+    Attributes:
+        name: the name users select it by.
+        batched_scalars: whether its callables accept scalar inputs of shape ``(tasks, 1)``
+            next to ``(tasks, n)`` tensors, as ``vmap`` with a per-task hyper-parameter passes
+            them. A backend without it runs such a step once per task.
+    """
 
     name: str
+    batched_scalars: bool = True
 
     @abstractmethod
     def supports(self, kernel: Kernel, device: torch.device) -> str | None:

@@ -31,7 +31,11 @@ def run_vjp(
     tensor_lists: TensorLists,
     scalars: Sequence[torch.Tensor],
 ) -> tuple[list[list[torch.Tensor] | None], list[torch.Tensor | None]]:
-    """Apply the per-element VJP to each leaf; sum the scalar cotangents over leaves."""
+    """Apply the per-element VJP to each leaf; sum the scalar cotangents over leaves.
+
+    Each leaf's scalar cotangent already has its scalar's shape (0-d, or ``(tasks, 1)`` under
+    vmap), so the sum over leaves is along a new leading dimension.
+    """
     fn = kernel.vjp(variant)
     n_leaves = len(tensor_lists[0])
     n_tensor = len(tensor_lists)
@@ -45,7 +49,7 @@ def run_vjp(
         for j, col in enumerate(columns[:n_tensor])
     ]
     scalar_grads = [
-        torch.stack(col).sum() if col[0] is not None else None for col in columns[n_tensor:]
+        torch.stack(col).sum(0) if col[0] is not None else None for col in columns[n_tensor:]
     ]
     return tensor_grads, scalar_grads
 

@@ -91,11 +91,18 @@ def _compile(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Callable
 
     cache.configure()
     import torch._inductor
+    from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
 
     detached = [t.detach() for t in inputs]
     # Internal warnings of the compiler stack are not the user's business, and under
-    # ``filterwarnings = error`` they would turn a working compile into a fallback.
-    with torch.no_grad(), warnings.catch_warnings():
+    # ``filterwarnings = error`` they would turn a working compile into a fallback. A compile
+    # asked for inside a torch.func transform (the first step of a vmapped inner loop) traces
+    # plain tensors: the transforms' interpreters are set aside while it runs.
+    with (
+        temporarily_clear_interpreter_stack(),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         gm = make_fx(fn, tracing_mode="fake")(*detached)
         n_outputs = len(_outputs(gm))

@@ -82,6 +82,8 @@ class NativeBackend(Backend):
     """Runs Adam kernels on ``torch.ops.optcompile.adam_forward`` / ``adam_backward``."""
 
     name = "native"
+    # The C++ kernels take hyper-parameters as numbers: one call per task under vmap.
+    batched_scalars = False
 
     def __init__(self) -> None:
         # Weak keys, not id(kernel): kernels are evicted from the fused-kernel cache, and a new

@@ -15,28 +15,45 @@ Value = torch.Tensor | float
 
 
 class _SafeSqrt(torch.autograd.Function):
-    """``sqrt`` whose autograd derivative is :func:`sqrt_grad` (0 at 0, not inf).
+    """``sqrt`` whose derivative is :func:`sqrt_grad` (0 at 0, not inf), in both modes.
 
-    Used only when autograd records the generated code: a backward under
-    ``create_graph=True`` runs the eager VJP, and differentiating its ``sqrt`` with torch's rule
-    would bring back, one order up, the ``inf * 0 = NaN`` that the safe table removes.
+    Used only when the generated code is itself differentiated: a backward under
+    ``create_graph=True`` or inside a ``torch.func`` transform runs the eager VJP, and
+    differentiating its ``sqrt`` with torch's rule would bring back, one order up, the
+    ``inf * 0 = NaN`` that the safe table removes. New-style (``setup_context``) and batched by
+    ``vmap`` through its own torch ops, so every ``torch.func`` transform sees through it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
+    def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return grad * sqrt_grad(x)
 
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return tangent * sqrt_grad(x)
+
+
+def _transforms_active() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
 
 def sqrt(x: Value) -> Value:
     if not isinstance(x, torch.Tensor):
         return math.sqrt(x)
-    if torch.is_grad_enabled() and x.requires_grad:
+    if torch.is_grad_enabled() and (x.requires_grad or _transforms_active()):
         return cast(torch.Tensor, _SafeSqrt.apply(x))  # type: ignore[no-untyped-call]
     return torch.sqrt(x)
 
@@ -104,8 +121,16 @@ def broadcast_like(value: Value, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) + value
 
 
-def sum_all(value: Value, like: torch.Tensor) -> torch.Tensor:
-    """The cotangent of a scalar input: the elementwise cotangent summed over ``like``'s shape."""
-    if isinstance(value, torch.Tensor) and value.shape == like.shape:
-        return value.sum()
-    return (torch.zeros_like(like) + value).sum()
+def sum_to(value: Value, like: torch.Tensor, target: Value) -> torch.Tensor:
+    """The cotangent of a scalar input ``target``: the elementwise cotangent summed to its shape.
+
+    A 0-d ``target`` gets the sum over all of ``like``'s elements; a ``(tasks, 1)`` target (a
+    hyper-parameter batched by vmap, against ``(tasks, n)`` tensors) gets one sum per task.
+    """
+    full = (
+        value
+        if isinstance(value, torch.Tensor) and value.shape == like.shape
+        else (torch.zeros_like(like) + value)
+    )
+    shape = target.shape if isinstance(target, torch.Tensor) else ()
+    return full.sum_to_size(shape) if len(shape) else full.sum()

@@ -164,11 +164,13 @@ class OutputSpec:
 
     Attributes:
         expr: its expression, or None for an output that is always absent (returned as None).
-        reduce: sum it over the elements (the cotangent of a scalar input).
+        reduce_to: the scalar input whose cotangent this is: the elementwise value is summed to
+            that input's shape (all elements for a 0-d input; per task for a hyper-parameter
+            batched by ``vmap``, which the batching rule passes with shape ``(tasks, 1)``).
     """
 
     expr: sympy.Expr | None
-    reduce: bool = False
+    reduce_to: sympy.Symbol | None = None
 
 
 def emit_function(
@@ -208,8 +210,8 @@ def emit_function(
             continue
         expr = next(it)
         text = print_expr(expr, names)
-        if output.reduce:
-            text = f"_rt.sum_all({text}, {names[like]})"
+        if output.reduce_to is not None:
+            text = f"_rt.sum_to({text}, {names[like]}, {names[output.reduce_to]})"
         elif not expr.free_symbols & tensor_like:
             text = f"_rt.broadcast_like({text}, {names[like]})"
         results.append(text)

@@ -16,6 +16,7 @@ from torch import nn
 
 from optcompile.base import GradientTransformation
 from optcompile.decorator import first_order_active
+from optcompile.lowering.autograd import transforms_active
 from optcompile.optim.base import _check_impl, _check_state_groups
 from optcompile.update import apply_transform
 
@@ -90,10 +91,26 @@ class MetaOptimizer:
     def step(self, loss: torch.Tensor) -> None:
         """One differentiable update of every group from ``loss``.
 
+        Under ``torch.no_grad()`` or ``torch.inference_mode()`` the step is taken without
+        recording a graph: the new parameters are leaves (requiring grad as the old ones did)
+        and nothing of the step is kept alive, e.g. for evaluating an adapted model.
+
         Raises:
             ValueError: ``loss`` is not a scalar tensor that requires grad (the module is left
                 unchanged).
+            RuntimeError: called inside a ``torch.func`` transform (use the functional API).
         """
+        if transforms_active():
+            name = type(self).__name__
+            raise RuntimeError(
+                f"{name}.step() cannot run inside a torch.func transform (vmap, grad, jacrev, "
+                f"...): it differentiates the loss with torch.autograd.grad, which the "
+                f"transforms do not allow. Use the functional API there instead, e.g. "
+                f"tx = optcompile.{name[4:].lower()}(...); grads = torch.func.grad(loss_fn)"
+                f"(params); updates, state = tx.update(grads, state, params=params, "
+                f"inplace=False); params = optcompile.apply_updates(params, updates, "
+                f"inplace=False) (see the guide's 'torch.func' section)"
+            )
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ValueError(
@@ -104,7 +121,10 @@ class MetaOptimizer:
                 "loss does not require grad: it was computed without the module's parameters "
                 "or under torch.no_grad()"
             )
-        create_graph = not first_order_active()
+        # Under no_grad or inference_mode the step is taken without recording a graph (the
+        # gradient of the loss is still computed: the loss was built with grad enabled).
+        recording = torch.is_grad_enabled()
+        create_graph = recording and not first_order_active()
         new_groups, all_grads = [], []
         for slots, state in zip(self.param_slots_groups, self.state_groups, strict=True):
             params = _current(slots)
@@ -112,10 +132,16 @@ class MetaOptimizer:
                 grads = torch.autograd.grad(
                     loss, params, create_graph=create_graph, allow_unused=True, retain_graph=True
                 )
-                all_grads.append(grads)
+            all_grads.append(grads)
+            with torch.set_grad_enabled(recording):
                 new_params, new_state = apply_transform(
                     self.impl, grads, state, params, inplace=False
                 )
+            if not recording:  # leaves again, so the next step's loss can be differentiated
+                new_params = [
+                    new.detach().requires_grad_(old.requires_grad)
+                    for new, old in zip(new_params, params, strict=True)
+                ]
             new_groups.append((slots, new_params, new_state))
         if all(g is None for grads in all_grads for g in grads):
             raise ValueError(
