@@ -82,7 +82,9 @@ class _Call:
     def evaluate(self, leaves: Sequence[torch.Tensor]) -> torch.Tensor:
         """``fn`` with the differentiated arguments' leaves replaced by ``leaves``."""
         args = list(self.args)
-        for argnum, tree in zip(self.argnums, optree.tree_unflatten(self.treespec, list(leaves))):
+        for argnum, tree in zip(
+            self.argnums, optree.tree_unflatten(self.treespec, list(leaves)), strict=True
+        ):
             args[argnum] = tree
         return self.fn(*args, **self.kwargs)
 
@@ -118,7 +120,7 @@ class _ZeroOrder(torch.autograd.Function):
         estimate = estimate_gradient(ctx.call, leaves, output)
         grads = [
             grad_output * g if needed else None
-            for g, needed in zip(estimate, ctx.needs_input_grad[1:])
+            for g, needed in zip(estimate, ctx.needs_input_grad[1:], strict=True)
         ]
         return (None, *grads)
 
@@ -179,16 +181,16 @@ def estimate_gradient(
             noise = _draw(call.sampler, leaves, size)
             if settings.orthogonal:
                 noise = _orthogonalize(noise)
-            plus = [torch.add(x, z, alpha=sigma) for x, z in zip(leaves, noise)]
+            plus = [torch.add(x, z, alpha=sigma) for x, z in zip(leaves, noise, strict=True)]
             if settings.method == "antithetic":
-                minus = [torch.add(x, z, alpha=-sigma) for x, z in zip(leaves, noise)]
-                values = _evaluate(call, [torch.cat(pm) for pm in zip(plus, minus)])
+                minus = [torch.add(x, z, alpha=-sigma) for x, z in zip(leaves, noise, strict=True)]
+                values = _evaluate(call, [torch.cat(pm) for pm in zip(plus, minus, strict=True)])
                 weights = (values[:size] - values[size:]) / (2 * sigma)
             elif settings.method == "forward":
                 weights = (_evaluate(call, plus) - baseline) / sigma
             else:
                 weights = _evaluate(call, plus) / sigma
-            for acc, z in zip(sums, noise):
+            for acc, z in zip(sums, noise, strict=True):
                 acc.add_(torch.tensordot(weights.to(z.dtype), z, dims=1))
             del noise, plus
     return [acc.div_(n) for acc in sums]
@@ -247,7 +249,7 @@ def _orthogonalize(noise: list[torch.Tensor]) -> list[torch.Tensor]:
         signs = torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(dtype)
         out[start : start + dim] = (q * signs).T * torch.linalg.vector_norm(block, dim=1)[:, None]
     pieces = out.split([z[0].numel() for z in noise], dim=1)
-    return [p.reshape(z.shape).to(z.dtype) for p, z in zip(pieces, noise)]
+    return [p.reshape(z.shape).to(z.dtype) for p, z in zip(pieces, noise, strict=True)]
 
 
 def _evaluate(call: _Call, points: list[torch.Tensor]) -> torch.Tensor:

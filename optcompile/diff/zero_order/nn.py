@@ -81,7 +81,9 @@ def _wrap(forward: Callable[..., torch.Tensor], settings: Settings) -> Callable[
 
         def objective(params: tuple[torch.Tensor, ...], *inputs: Any, **kwargs: Any) -> Any:
             with _inside(self):
-                return torch.func.functional_call(self, dict(zip(names, params)), inputs, kwargs)
+                return torch.func.functional_call(
+                    self, dict(zip(names, params, strict=True)), inputs, kwargs
+                )
 
         objective.__name__ = f"{type(self).__name__}.forward"
         params = tuple(p for _, p in named)
