@@ -439,3 +439,108 @@ BAD_CALLS = [
 def test_bad_calls(fn, args, settings, error, match):
     with pytest.raises(error, match=match):
         _backward(fn, *args, **settings)
+
+
+# --- TorchOpt 0.7.3's own tests, run on optcompile (import optcompile as torchopt) ------------
+
+
+class FcNet(torch.nn.Module):
+    def __init__(self, dim, out):
+        super().__init__()
+        self.fc = torch.nn.Linear(in_features=dim, out_features=out, bias=True)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _fc_data():
+    torch.manual_seed(42)
+    return FcNet(32, 1), torch.randn(8, 32) * 0.1, torch.randn(8, 1) * 0.1
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.1, 1])
+@pytest.mark.parametrize("method", METHODS)
+def test_torchopt_functional_training(method, sigma):
+    torchopt = optcompile
+    model, x, y = _fc_data()
+    params = tuple(model.parameters())
+    names = [name for name, _ in model.named_parameters()]
+
+    def fmodel(params, x):
+        return torch.func.functional_call(model, dict(zip(names, params, strict=True)), (x,))
+
+    @torchopt.diff.zero_order(distribution=torch.distributions.Normal(loc=0, scale=1),
+                              method=method, argnums=0, sigma=sigma, num_samples=500)  # fmt: skip
+    def forward_process(params, fn, x, y):
+        return torch.nn.functional.mse_loss(fn(params, x), y)
+
+    optimizer = torchopt.adam(lr=1e-2)
+    opt_state = optimizer.init(params)
+    losses = []
+    for _ in range(5):
+        loss = forward_process(params, fmodel, x, y)
+        grads = torch.autograd.grad(loss, params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        params = torchopt.apply_updates(params, updates)
+        losses.append(loss.item())
+    if method != "naive":  # the unbiased, low-variance estimators descend
+        assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.1, 1])
+@pytest.mark.parametrize("method", METHODS)
+def test_torchopt_module_training(method, sigma):
+    torchopt = optcompile
+
+    class FcNetWithLoss(torchopt.nn.ZeroOrderGradientModule, method=method, sigma=sigma,
+                        num_samples=500):  # fmt: skip
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            self.loss = torch.nn.MSELoss()
+            self.distribution = torch.distributions.Normal(loc=0, scale=1)
+
+        def forward(self, x, y):
+            return self.loss(self.net(x), y)
+
+        def sample(self, sample_shape=torch.Size()):  # noqa: B008
+            return self.distribution.sample(sample_shape)
+
+    net, x, y = _fc_data()
+    model_with_loss = FcNetWithLoss(net)
+    optimizer = torchopt.Adam(model_with_loss.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = model_with_loss(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    if method != "naive":
+        assert losses[-1] < losses[0]
+
+
+def test_torchopt_module_without_parameters():
+    class MyModule(ZeroOrderGradientModule):
+        def forward(self):
+            return torch.tensor(0.0)
+
+        def sample(self, sample_shape):
+            return torch.tensor(0.0)
+
+    with pytest.raises(RuntimeError, match="The module has no parameters"):
+        MyModule()()
+
+
+def test_torchopt_module_abstract_methods():
+    class NoSample(ZeroOrderGradientModule):
+        def forward(self):
+            return torch.tensor(0.0)
+
+    class NoForward(ZeroOrderGradientModule):
+        def sample(self, sample_shape):
+            return torch.tensor(0.0)
+
+    for cls in (NoSample, NoForward):
+        with pytest.raises(TypeError, match="Can't instantiate abstract class"):
+            cls()

@@ -14,6 +14,7 @@ of a chunk at once).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
@@ -31,8 +32,11 @@ _ORIGINAL = "__zero_order_original_forward__"
 _INSIDE = "_zero_order_inside"
 
 
-class ZeroOrderGradientModule(nn.Module):
+class ZeroOrderGradientModule(nn.Module, metaclass=abc.ABCMeta):
     """Base class of modules trained with zero-order gradients (TorchOpt's name and API).
+
+    ``forward`` and ``sample`` are abstract: a subclass lacking either cannot be instantiated
+    (``TypeError``), as in TorchOpt.
 
     Class keyword arguments (TorchOpt's, then optcompile's keyword-only extras): ``method``
     (``'naive'``), ``num_samples`` (1), ``sigma`` (1.0), ``chunk_size``, ``orthogonal``,
@@ -57,10 +61,12 @@ class ZeroOrderGradientModule(nn.Module):
         forward = cls.__dict__.get("forward") or getattr(cls.forward, _ORIGINAL, cls.forward)
         cls.forward = _wrap(forward, settings)  # type: ignore[method-assign]
 
+    @abc.abstractmethod
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The scalar loss; subclasses implement it."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
+    @abc.abstractmethod
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
         """A tensor of ``sample_shape`` i.i.d. noise draws; subclasses implement it."""
         raise NotImplementedError(f"{type(self).__name__} must implement sample(sample_shape)")
@@ -74,8 +80,8 @@ def _wrap(forward: Callable[..., torch.Tensor], settings: Settings) -> Callable[
         named = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
         if not named:
             raise RuntimeError(
-                f"{type(self).__name__} has no parameters that require grad to estimate"
-                " zero-order gradients for"
+                f"The module has no parameters that require grad ({type(self).__name__}):"
+                " zero-order gradients have nothing to estimate"
             )
         names = [name for name, _ in named]
 
