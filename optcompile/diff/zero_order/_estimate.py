@@ -175,7 +175,7 @@ def estimate_gradient(
     sums = [torch.zeros_like(leaf) for leaf in leaves]
     chunk = settings.chunk_size or _default_chunk(leaves, n)
     baseline = output.detach()
-    with torch.no_grad(), _seeded(call.seed, leaves):
+    with torch.no_grad(), _seeded(call.seed):
         for start in range(0, n, chunk):
             size = min(chunk, n - start)
             noise = _draw(call.sampler, leaves, size)
@@ -202,7 +202,7 @@ def _default_chunk(leaves: Sequence[torch.Tensor], n: int) -> int:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, leaves: Sequence[torch.Tensor]) -> Iterator[None]:
+def _seeded(seed: int) -> Iterator[None]:
     """Run under ``torch.manual_seed(seed)``, restoring every generator afterwards."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
