@@ -10,7 +10,9 @@ from optcompile import (
     base,
     clip,
     combine,
+    diff,
     hook,
+    nn,
     optim,
     pytree,
     schedule,
@@ -100,6 +102,6 @@ __all__ = [
     # errors
     "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
     # submodules
-    "accelerated_op", "alias", "base", "clip", "combine", "hook", "optim", "pytree", "schedule",
-    "state", "transform", "typing", "update", "utils", "visual",
+    "accelerated_op", "alias", "base", "clip", "combine", "diff", "hook", "nn", "optim", "pytree",
+    "schedule", "state", "transform", "typing", "update", "utils", "visual",
 ]  # fmt: skip
