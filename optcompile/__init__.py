@@ -10,7 +10,11 @@ from optcompile import (
     base,
     clip,
     combine,
+    diff,
     hook,
+    linalg,
+    linear_solve,
+    nn,
     optim,
     pytree,
     schedule,
@@ -102,4 +106,5 @@ __all__ = [
     # submodules
     "accelerated_op", "alias", "base", "clip", "combine", "hook", "optim", "pytree", "schedule",
     "state", "transform", "typing", "update", "utils", "visual",
+    "diff", "nn", "linear_solve", "linalg",
 ]  # fmt: skip

@@ -1,0 +1,14 @@
+"""Modules for meta-learning, as ``torchopt.nn``: ``MetaGradientModule``, its implicit
+subclass, and stateless helpers (``reparametrize``, ``swap_state``)."""
+
+from optcompile.diff.implicit.nn.module import ImplicitMetaGradientModule  # noqa: I001 (cycle)
+from optcompile.nn.module import MetaGradientModule
+from optcompile.nn.stateless import reparameterize, reparametrize, swap_state
+
+__all__ = [
+    "MetaGradientModule",
+    "ImplicitMetaGradientModule",
+    "reparametrize",
+    "reparameterize",
+    "swap_state",
+]
