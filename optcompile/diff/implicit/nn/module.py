@@ -89,8 +89,12 @@ def _optimality_from_objective(self: ImplicitMetaGradientModule, *input: Any, **
 
 
 def _enable_implicit_gradients(cls: type[ImplicitMetaGradientModule]) -> None:
-    cls_solve = cls.solve
-    if getattr(cls_solve, "__implicit_gradients_enabled__", False):
+    cls_solve = cls.__dict__.get("solve")
+    if cls_solve is None:
+        # Inherited from a subclass that wrapped it already: wrap the original again, with
+        # this class's optimality and linear solver (TorchOpt raises here).
+        cls_solve = getattr(cls.solve, "__wrapped__", cls.solve)
+    elif getattr(cls_solve, "__implicit_gradients_enabled__", False):
         raise TypeError("Implicit gradients are already enabled for the `solve` method.")
 
     @custom_root(_stateless("optimality"), argnums=1, has_aux=True, solve=cls.linear_solve)
@@ -165,8 +169,10 @@ class ImplicitMetaGradientModule(MetaGradientModule, metaclass=abc.ABCMeta):
         """Check the subclass's methods and wrap its ``solve`` with implicit gradients."""
         super().__init_subclass__()
         base = ImplicitMetaGradientModule
-        cls._custom_optimality = inspect.getattr_static(cls, "optimality") is not (
-            inspect.getattr_static(base, "optimality")
+        optimality = inspect.getattr_static(cls, "optimality")
+        cls._custom_optimality = optimality not in (
+            inspect.getattr_static(base, "optimality"),
+            _optimality_from_objective,  # derived for a parent class
         )
         cls._custom_objective = inspect.getattr_static(cls, "objective") is not (
             inspect.getattr_static(base, "objective")
