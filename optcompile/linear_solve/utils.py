@@ -123,16 +123,20 @@ def make_solver(solve: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[[
     previous call's solution when shapes match, else from ``init`` (or zeros).
     """
     kwargs = dict(kwargs)
-    if not kwargs.pop("warm_start", False):
-        return lambda matvec, b: solve(matvec, b, **kwargs)
-    memory = WarmStart()
-    init = kwargs.pop("init", None)
+    warm = kwargs.pop("warm_start", False)
+    memory = WarmStart() if warm else None
+    init = kwargs.pop("init", None) if warm else None
 
-    def warm_solve(matvec: Matvec, b: Any) -> Any:
+    def solver(matvec: Matvec, b: Any) -> Any:
+        if memory is None:
+            return solve(matvec, b, **kwargs)
         start = memory.initial(b)
         x = solve(matvec, b, init=init if start is None else start, **kwargs)
         memory.remember(x)
         return x
 
-    warm_solve.warm_start = memory  # type: ignore[attr-defined]
-    return warm_solve
+    # Named like the public factory (solve_cg, ...), with its options, for introspection.
+    solver.__name__ = solver.__qualname__ = solve.__name__.lstrip("_")
+    solver.keywords = {**kwargs, "warm_start": warm}  # type: ignore[attr-defined]
+    solver.warm_start = memory  # type: ignore[attr-defined]
+    return solver
