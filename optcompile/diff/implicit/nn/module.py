@@ -109,7 +109,15 @@ def _enable_implicit_gradients(cls: type[ImplicitMetaGradientModule]) -> None:
         **kwargs: Any,
     ) -> tuple[TupleOfTensors, Any]:
         output = cls_solve(self, *input, **kwargs)
-        return tuple(p.detach() for p in self.parameters()), output
+        named = tuple(self.named_parameters())
+        if tuple(name for name, _ in named) != tuple(params_names):
+            raise RuntimeError(
+                f"{type(self).__name__}.solve() changed which parameters the module has "
+                f"(before: {list(params_names)}, after: {[n for n, _ in named]}); a tensor "
+                "that requires grad assigned as an attribute becomes a parameter: compute it "
+                "in a method instead"
+            )
+        return tuple(p.detach() for _, p in named), output
 
     @functools.wraps(cls_solve)
     def wrapped(self: ImplicitMetaGradientModule, *input: Any, **kwargs: Any) -> Any:
