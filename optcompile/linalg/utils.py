@@ -41,7 +41,8 @@ def tree_vdot_real(tree_x: Any, tree_y: Any) -> torch.Tensor:
     leaves_y = spec.flatten_up_to(tree_y)
     total = None
     for x, y in zip(leaves_x, leaves_y, strict=True):
-        term = (x.conj() * y).real.sum() if x.is_complex() else (x * y).sum()
+        x, y = x.reshape(-1), y.reshape(-1)
+        term = torch.vdot(x, y).real if x.is_complex() else torch.dot(x, y)
         total = term if total is None else total + term
     if total is None:
         raise ValueError("expected a tree with at least one tensor leaf, got an empty tree")
