@@ -27,7 +27,7 @@ implicit root) stays finite.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import optree
 import torch
@@ -62,7 +62,7 @@ def cg(
     atol: float = 0.0,
     maxiter: int | None = None,
     M: Any = None,
-    check_every: int | None | str = "auto",
+    check_every: int | Literal["auto"] | None = "auto",
 ) -> Any:
     r"""Solve ``A x = b`` by conjugate gradient, for a symmetric positive definite ``A``.
 
