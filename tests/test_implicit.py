@@ -272,6 +272,25 @@ def test_second_derivative_through_the_root(name):
     assert nested.item() == pytest.approx(want.item(), rel=1e-8)
 
 
+# torch's forward-mode decompositions use torch.jit.script on first load, which warns.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", ["cg", "normal_cg", "inv"])
+def test_forward_mode_jacfwd_and_hessian_through_the_root(name):
+    @custom_root(ridge_optimality, argnums=1, solve=SOLVERS[name])
+    def ridge_solver(w0, lam):
+        return ridge_closed_form(lam)
+
+    def f(lam):
+        return ridge_solver(torch.zeros(5, dtype=D), lam)
+
+    lam = torch.tensor(1.5, dtype=D)
+    exact = torch.func.jacrev(ridge_closed_form)(lam)
+    assert torch.allclose(torch.func.jacfwd(f)(lam), exact, rtol=0, atol=1e-12)
+    hessian = torch.func.hessian(lambda t: val_loss(f(t)))(lam)
+    want = torch.func.hessian(lambda t: val_loss(ridge_closed_form(t)))(lam)
+    assert hessian.item() == pytest.approx(want.item(), rel=1e-8)
+
+
 def test_aux_passes_through_and_trees_are_accepted():
     @custom_root(lambda x, p: {"a": x["a"] - p["s"], "b": x["b"] * 2 - p["s"]}, argnums=1,
                  has_aux=True, solve=solve_inv())  # fmt: skip

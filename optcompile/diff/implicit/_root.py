@@ -14,9 +14,13 @@ one linear solve (the *adjoint* system) plus one vjp of :math:`F`. The matvec
 :math:`x`, built once per backward and reused by every solver iteration.
 
 The function is new-style (``forward`` + ``setup_context``, ``generate_vmap_rule=True``),
-written in ``torch.func`` ops throughout, so ``vmap`` over tasks, ``jacrev``, ``grad`` and
-``hessian`` see through it (TorchOpt #223). With ``create_graph=True`` the backward is
-recorded, so second derivatives through the root are exact rather than zero.
+written in ``torch.func`` ops throughout, so ``vmap`` over tasks, ``jacrev`` and ``grad`` see
+through it (TorchOpt #223). With ``create_graph=True`` (or ``jacrev(jacrev(...))``) the
+backward is itself differentiated, so second derivatives through the root are exact rather
+than zero. Forward mode is the same theorem the other way round,
+:math:`\dot x = -A^{-1} (\partial_\theta F\,\dot\theta)`, one solve with the matvec
+:math:`u \mapsto A u` (a ``torch.func.jvp`` of :math:`F`): ``jvp``, ``jacfwd`` and ``hessian``
+work too (JAXopt's root JVP).
 """
 
 from __future__ import annotations
@@ -108,24 +112,68 @@ class ImplicitRoot(torch.autograd.Function):
         # The initial guess (argument 0) is not needed: the root does not depend on it.
         saved = [t for t, (arg, _) in zip(tensors, call.tensor_slots, strict=True) if arg != 0]
         ctx.save_for_backward(*saved, *solution)
+        ctx.save_for_forward(*saved, *solution)
+        ctx.n_aux = len(aux)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         call: RootCall = ctx.call
-        *saved, = ctx.saved_tensors
-        solution = saved[len(saved) - call.n_solution :]
-        args_tensors = iter(saved[: len(saved) - call.n_solution])
-        tensors = [
-            next(args_tensors) if arg != 0 else None for arg, _ in call.tensor_slots
-        ]
+        tensors, solution = _unpack(call, ctx.saved_tensors)
         needs = ctx.needs_input_grad[1:]
         wanted = [d and n for d, n in zip(call.differentiable, needs, strict=True)]
         cotangents = root_vjp(call, tensors, solution, grads[: call.n_solution], wanted)
         return (None, *cotangents)
 
+    @staticmethod
+    def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        call: RootCall = ctx.call
+        tensors, solution = _unpack(call, ctx.saved_tensors)
+        directions = {
+            i: t
+            for i, (t, d) in enumerate(zip(tangents[1:], call.differentiable, strict=True))
+            if d and t is not None
+        }
+        out = root_jvp(call, tensors, solution, directions)
+        return (*out, *(torch.zeros(()) for _ in range(ctx.n_aux)))
+
+
+def _unpack(
+    call: RootCall, saved: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor | None], Sequence[torch.Tensor]]:
+    """The apply-inputs (None for argument 0's, which are not saved) and the solution."""
+    solution = saved[len(saved) - call.n_solution :]
+    args_tensors = iter(saved[: len(saved) - call.n_solution])
+    tensors = [next(args_tensors) if arg != 0 else None for arg, _ in call.tensor_slots]
+    return tensors, solution
+
 
 def _leaves(tree: Any) -> tuple[torch.Tensor, ...]:
     return tuple(optree.tree_leaves(tree))
+
+
+def _optimality(
+    call: RootCall, tensors: list[torch.Tensor | None], solution: Sequence[torch.Tensor]
+) -> tuple[Callable[..., tuple[torch.Tensor, ...]], Callable[..., Callable[..., Any]]]:
+    """``F`` as a function of the solution's leaves, and a factory of ``F`` as a function of
+    chosen apply-inputs (by index), each returning the residual's leaves."""
+    assert call.solution_spec is not None
+    spec = call.solution_spec
+    args, kwargs = call.rebuild(tensors)  # type: ignore[arg-type]
+
+    def in_x(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _leaves(call.optimality_fn(spec.unflatten(xs), *args[1:], **kwargs))
+
+    def in_theta(index: Sequence[int]) -> Callable[..., tuple[torch.Tensor, ...]]:
+        def fn(*thetas: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            replaced = list(tensors)
+            for i, theta in zip(index, thetas, strict=True):
+                replaced[i] = theta
+            a, kw = call.rebuild(replaced)  # type: ignore[arg-type]
+            return _leaves(call.optimality_fn(spec.unflatten(solution), *a[1:], **kw))
+
+        return fn
+
+    return in_x, in_theta
 
 
 def root_vjp(
@@ -137,38 +185,44 @@ def root_vjp(
 ) -> list[torch.Tensor | None]:
     r"""Cotangents of the apply-inputs: :math:`u^\top \partial_\theta F` where
     :math:`A^\top u = -v`, for the ``wanted`` tensors; None for the others."""
-    assert call.solution_spec is not None
     index = [i for i, w in enumerate(wanted) if w]
     if not index:
         return [None] * len(tensors)
-    spec = call.solution_spec
-    args, kwargs = call.rebuild(tensors)  # type: ignore[arg-type]
-
-    def optimality_in_x(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _leaves(call.optimality_fn(spec.unflatten(xs), *args[1:], **kwargs))
-
-    residual, vjp_x = torch.func.vjp(optimality_in_x, *solution)
+    in_x, in_theta = _optimality(call, tensors, solution)
+    residual, vjp_x = torch.func.vjp(in_x, *solution)
     _check_residual(residual, solution, call.optimality_fn)
 
     def matvec(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return vjp_x(tuple(u))  # u -> A^T u
+        return vjp_x(tuple(u))  # u -> A^T u, the closure reused by every iteration
 
-    v = tuple(-g for g in grads)
-    u = tuple(_leaves(call.solve(matvec, v)))
-
-
-    def optimality_in_theta(*thetas: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        replaced = list(tensors)
-        for i, theta in zip(index, thetas, strict=True):
-            replaced[i] = theta
-        a, kw = call.rebuild(replaced)  # type: ignore[arg-type]
-        return _leaves(call.optimality_fn(spec.unflatten(solution), *a[1:], **kw))
-
-    _, vjp_theta = torch.func.vjp(optimality_in_theta, *(tensors[i] for i in index))
+    u = tuple(_leaves(call.solve(matvec, tuple(-g for g in grads))))
+    _, vjp_theta = torch.func.vjp(in_theta(index), *(tensors[i] for i in index))
     out: list[torch.Tensor | None] = [None] * len(tensors)
     for i, cot in zip(index, vjp_theta(u), strict=True):
         out[i] = cot
     return out
+
+
+def root_jvp(
+    call: RootCall,
+    tensors: list[torch.Tensor | None],
+    solution: Sequence[torch.Tensor],
+    directions: dict[int, torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    r"""Tangent of the solution: :math:`\dot x = -A^{-1} (\partial_\theta F\, \dot\theta)`,
+    with the matvec :math:`u \mapsto A u` by forward mode."""
+    if not directions:
+        return tuple(torch.zeros_like(s) for s in solution)
+    in_x, in_theta = _optimality(call, tensors, solution)
+    index = list(directions)
+    thetas = tuple(tensors[i] for i in index)
+    _, b = torch.func.jvp(in_theta(index), thetas, tuple(directions[i] for i in index))
+    _check_residual(b, solution, call.optimality_fn)
+
+    def matvec(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return torch.func.jvp(in_x, tuple(solution), tuple(u))[1]  # u -> A u
+
+    return tuple(_leaves(call.solve(matvec, tuple(-bi for bi in b))))
 
 
 def _check_residual(
