@@ -1,6 +1,7 @@
 """Few-shot regression with iMAML: implicit meta-gradients, vmapped over a batch of tasks.
 
-Run: ``python examples/imaml.py`` (about 20 s on one CPU core; ``--quick`` for a smoke run).
+Run: ``python examples/imaml.py`` (under a minute: 18 s of CPU time on one core here;
+``--quick`` for a smoke run).
 
 Each task is a sine wave ``a sin(x + phase)`` seen through 10 points. The model is a
 learned feature map ``phi(x) = tanh(x W + b)`` (a meta-parameter) with a linear head ``w``
