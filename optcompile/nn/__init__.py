@@ -1,7 +1,7 @@
 """Modules for meta-learning, as ``torchopt.nn``: ``MetaGradientModule``, its implicit
 subclass, and stateless helpers (``reparametrize``, ``swap_state``)."""
 
-from optcompile.diff.implicit.nn.module import ImplicitMetaGradientModule  # noqa: I001 (cycle)
+from optcompile.diff.implicit.nn.module import ImplicitMetaGradientModule
 from optcompile.nn.module import MetaGradientModule
 from optcompile.nn.stateless import reparameterize, reparametrize, swap_state
 
