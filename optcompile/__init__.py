@@ -12,6 +12,8 @@ from optcompile import (
     combine,
     diff,
     hook,
+    linalg,
+    linear_solve,
     nn,
     optim,
     pytree,
@@ -102,6 +104,6 @@ __all__ = [
     # errors
     "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
     # submodules
-    "accelerated_op", "alias", "base", "clip", "combine", "diff", "hook", "nn", "optim", "pytree",
-    "schedule", "state", "transform", "typing", "update", "utils", "visual",
+    "accelerated_op", "alias", "base", "clip", "combine", "diff", "hook", "linalg", "linear_solve",
+    "nn", "optim", "pytree", "schedule", "state", "transform", "typing", "update", "utils", "visual",
 ]  # fmt: skip

@@ -11,7 +11,8 @@ from pathlib import Path
 import optcompile
 
 MODULES = ["optcompile", "optcompile.transform", "optcompile.schedule", "optcompile.hook",
-           "optcompile.clip", "optcompile.visual", "optcompile.sym"]  # fmt: skip
+           "optcompile.clip", "optcompile.visual", "optcompile.sym", "optcompile.diff.implicit",
+           "optcompile.linear_solve", "optcompile.linalg", "optcompile.nn"]  # fmt: skip
 
 
 def _summary(obj: object) -> str:

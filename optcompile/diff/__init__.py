@@ -1,5 +1,6 @@
-"""Differentiation beyond unrolling, at TorchOpt's paths (``torchopt.diff``)."""
+"""Differentiation beyond unrolling, as ``torchopt.diff``: implicit and zero-order."""
 
-from optcompile.diff import zero_order
+from optcompile.diff import implicit, zero_order
+from optcompile.diff.implicit import ImplicitMetaGradientModule
 
-__all__ = ["zero_order"]
+__all__ = ["implicit", "zero_order", "ImplicitMetaGradientModule"]
