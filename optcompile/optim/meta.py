@@ -19,7 +19,11 @@ from optcompile.decorator import first_order_active
 from optcompile.optim.base import _check_impl, _check_state_groups
 from optcompile.update import apply_transform
 
-__all__ = ["MetaOptimizer"]
+_GENERATED = (
+    "MetaSGD", "MetaAdam", "MetaAdamW", "MetaAdamax", "MetaAdaMax", "MetaAdagrad", "MetaAdaGrad",
+    "MetaAdadelta", "MetaAdaDelta", "MetaRAdam", "MetaRMSprop", "MetaRMSProp",
+)  # fmt: skip
+__all__ = ["MetaOptimizer", *_GENERATED]
 
 
 Slot = tuple[tuple[dict, str], ...]  # every (container, name) that holds one parameter
@@ -140,3 +144,13 @@ class MetaOptimizer:
         """
         _check_state_groups(self.state_groups, state_dict)
         self.state_groups[:] = list(state_dict)
+
+
+def __getattr__(name: str) -> Any:
+    # TorchOpt's path for the Meta* classes. They are generated in optim.classes, which imports
+    # MetaOptimizer from here, so they are handed out on first access.
+    if name in _GENERATED:
+        from optcompile.optim import classes
+
+        return getattr(classes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
