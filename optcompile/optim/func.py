@@ -10,6 +10,7 @@ import torch
 from optcompile.base import GradientTransformation, UninitializedState
 from optcompile.decorator import first_order_active
 from optcompile.optim.base import _check_impl
+from optcompile.optim.checkpoint import adopt_state_groups
 from optcompile.update import apply_transform
 
 __all__ = ["FuncOptimizer"]
@@ -56,5 +57,17 @@ class FuncOptimizer:
         return self.optim_state
 
     def load_state_dict(self, state_dict: Any) -> None:
-        """Replace the transformation state."""
-        self.optim_state = state_dict
+        """Replace the transformation state (checked against the current one once initialised).
+
+        A TorchOpt 0.7.3 state of the same transformation is translated (see
+        :mod:`optcompile.optim.checkpoint`).
+
+        Raises:
+            ValueError: ``state_dict`` is not a state of this transformation.
+        """
+        if isinstance(self.optim_state, UninitializedState):
+            self.optim_state = state_dict
+            return
+        (self.optim_state,) = adopt_state_groups(
+            (self.optim_state,), (state_dict,), fresh=lambda _: UninitializedState()
+        )
