@@ -69,6 +69,7 @@ from optcompile.optim import (
     RMSprop,
 )
 from optcompile.rule import Rule, rule
+from optcompile.serialization import _register_builtin_states
 from optcompile.state import (
     ModuleState,
     extract_state_dict,
@@ -80,6 +81,8 @@ from optcompile.state import (
 from optcompile.transform import nan_to_num
 from optcompile.update import apply_transform, apply_updates
 from optcompile.version import __version__ as __version__
+
+_register_builtin_states()
 
 __all__ = [
     # declaring rules
