@@ -90,17 +90,10 @@ def _is_state(value: Any) -> bool:
 
 def _map_buffers(state: Any, n_leaves: int, convert: Any) -> Any:
     """Apply ``convert`` to every per-leaf buffer (a sequence of ``n_leaves``) of ``state``."""
+    if _is_buffer(state, n_leaves):
+        return convert(state)
     if _is_state(state):
-        return type(state)(
-            *(
-                _map_buffers(v, n_leaves, convert)
-                if _is_state(v) or (isinstance(v, tuple) and not _is_buffer(v, n_leaves))
-                else convert(v)
-                if _is_buffer(v, n_leaves)
-                else v
-                for v in state
-            )
-        )
+        return type(state)(*(_map_buffers(v, n_leaves, convert) for v in state))
     if isinstance(state, tuple):
         return tuple(_map_buffers(v, n_leaves, convert) for v in state)
     return state
@@ -120,14 +113,12 @@ def params_shaped(tx: GradientTransformation) -> GradientTransformation:
 
     What an alias returns while :func:`_set_use_chain_flat` is off (TorchOpt's non-flat chain).
     """
-    specs: dict[str, Any] = {}
 
     def to_tree(spec: Any) -> Any:
         return lambda column: optree.tree_unflatten(spec, list(column))
 
     def init(params: Any) -> Any:
         leaves, spec = optree.tree_flatten(params, none_is_leaf=True)
-        specs["params"] = spec
         return _map_buffers(tx.init(params), len(leaves), to_tree(spec))
 
     def update(
