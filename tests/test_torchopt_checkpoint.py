@@ -170,3 +170,53 @@ def test_torch_load_default_arguments_in_a_fresh_process(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["ScaleByAdamState", "ScaleByScheduleState"]
+
+
+def test_func_optimizer_loads_a_torchopt_state():
+    torchopt = pytest.importorskip("torchopt")
+    net = _net()
+    params = tuple(net.parameters())
+
+    def loss_of(ps):
+        names = [n for n, _ in net.named_parameters()]
+        return (
+            torch.func.functional_call(net, dict(zip(names, ps, strict=True)), (X,)) ** 2
+        ).mean()
+
+    theirs = torchopt.FuncOptimizer(torchopt.adamax(lr=0.1))
+    p_theirs = params
+    for _ in range(3):
+        p_theirs = theirs.step(loss_of(p_theirs), p_theirs)
+    ours = optcompile.FuncOptimizer(optcompile.adamax(lr=0.1))
+    p_ours = tuple(p.detach().clone().requires_grad_() for p in p_theirs)
+    ours.load_state_dict(theirs.state_dict())  # before any step: checked at the first one
+    for _ in range(5):
+        p_theirs = theirs.step(loss_of(p_theirs), p_theirs)
+        p_ours = ours.step(loss_of(p_ours), p_ours)
+    for a, b in zip(p_theirs, p_ours, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+def test_torchopt_non_flat_state_loads():
+    torchopt = pytest.importorskip("torchopt")
+    from torchopt.alias.utils import _set_use_chain_flat
+
+    params = (torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    grads = (
+        torch.full((2,), 0.5, dtype=torch.float64),
+        torch.full((3,), -0.5, dtype=torch.float64),
+    )
+    _set_use_chain_flat(False)
+    try:
+        tx = torchopt.adam(0.1)
+        state = tx.init(params)
+        _, state = tx.update(grads, state, params=params, inplace=False)
+    finally:
+        _set_use_chain_flat(True)
+    assert isinstance(state[0].mu, tuple)  # TorchOpt's non-flat layout
+    ours = optcompile.Adam([p.clone() for p in params], lr=0.1)
+    ours.load_state_dict((state,))
+    loaded = ours.state_dict()[0][0]
+    assert [c.item() for c in loaded.count] == [1, 1]
+    for a, b in zip(loaded.mu, state[0].mu, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
