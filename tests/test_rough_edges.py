@@ -128,7 +128,7 @@ def test_guide_lists_the_deliberate_differences():
         "MetaOptimizer leaf order",
         "`accelerated_op_available`",
         "`inplace=True` in `update()`",
-        "Per-algorithm modules",
+        "Module paths",
         "_set_use_chain_flat(False)",
         "corrupt compiled kernel",
         "named backend that falls back",

@@ -20,11 +20,7 @@ from optcompile.optim.base import _check_impl
 from optcompile.optim.checkpoint import adopt_state_groups
 from optcompile.update import apply_transform
 
-_GENERATED = (
-    "MetaSGD", "MetaAdam", "MetaAdamW", "MetaAdamax", "MetaAdaMax", "MetaAdagrad", "MetaAdaGrad",
-    "MetaAdadelta", "MetaAdaDelta", "MetaRAdam", "MetaRMSprop", "MetaRMSProp",
-)  # fmt: skip
-__all__ = ["MetaOptimizer", *_GENERATED]
+__all__ = ["MetaOptimizer"]
 
 
 Slot = tuple[tuple[dict, str], ...]  # every (container, name) that holds one parameter
@@ -179,13 +175,3 @@ class MetaOptimizer:
             orders=[order for order, _ in orders],
             n_foreign=[n for _, n in orders],
         )
-
-
-def __getattr__(name: str) -> Any:
-    # TorchOpt's path for the Meta* classes. They are generated in optim.classes, which imports
-    # MetaOptimizer from here, so they are handed out on first access.
-    if name in _GENERATED:
-        from optcompile.optim import classes
-
-        return getattr(classes, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
