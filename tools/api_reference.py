@@ -10,8 +10,9 @@ from pathlib import Path
 
 import optcompile
 
-MODULES = ["optcompile", "optcompile.transform", "optcompile.schedule", "optcompile.hook",
-           "optcompile.clip", "optcompile.visual", "optcompile.sym"]  # fmt: skip
+MODULES = ["optcompile", "optcompile.transform", "optcompile.transform.utils",
+           "optcompile.alias.utils", "optcompile.accelerated_op", "optcompile.schedule",
+           "optcompile.hook", "optcompile.clip", "optcompile.visual", "optcompile.sym"]  # fmt: skip
 
 
 def _summary(obj: object) -> str:
