@@ -35,7 +35,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -47,6 +47,7 @@ from optcompile.lowering.kernel import Kernel, Variant
 __all__ = ["InductorBackend", "simulate_failure", "DISABLE_ENV_VAR"]
 
 DISABLE_ENV_VAR = "OPTCOMPILE_DISABLE_INDUCTOR"
+_T = TypeVar("_T")
 _SLOW_COMPILE_S = 2.0  # longer compiles are announced on stderr, so a pause is explained
 
 _log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _compile(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Callable
     return lambda *args: compiled(*args)[:n_outputs]
 
 
-def _with_cache_repair(build: Callable[[], Any]) -> Any:
+def _with_cache_repair(build: Callable[[], _T]) -> _T:
     """``build()``; if it fails and the on-disk cache holds corrupt kernels, delete them, say
     so once, and build again (once).
 
