@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "configure", "inductor_options", "ENV_VAR"]
+__all__ = ["cache_dir", "configure", "inductor_options", "discard_corrupt", "ENV_VAR"]
 
 ENV_VAR = "OPTCOMPILE_CACHE_DIR"
 _INDUCTOR_VAR = "TORCHINDUCTOR_CACHE_DIR"
@@ -76,9 +77,85 @@ def configure() -> Path:
                 os.environ[_INDUCTOR_VAR] = str(path)
             _log.info("optcompile: Inductor cache directory %s", path)
             _configured = path
+            _announce_discarded(path, discard_corrupt(path))
         return _configured
+
+
+def _announce_discarded(root: Path, removed: list[tuple[Path, str]]) -> None:
+    """Say, once, which corrupt cache entries were deleted (they are rebuilt when needed)."""
+    if not removed:
+        return
+    listed = "; ".join(f"{path.name}: {why}" for path, why in removed[:3])
+    more = f" and {len(removed) - 3} more" if len(removed) > 3 else ""
+    warnings.warn(
+        f"optcompile: the kernel cache {root} held {len(removed)} corrupt compiled kernel(s) "
+        f"({listed}{more}); deleted them, they are rebuilt when next needed",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def inductor_options() -> dict[str, Any]:
     """Inductor config patches for optcompile's compiles: the FX graph cache on."""
     return {"fx_graph_cache": True}
+
+
+def _library_problem(path: Path) -> str | None:
+    """Why the shared library at ``path`` cannot load (empty, not ELF, truncated), or None.
+
+    Reads the ELF header only: the section header table ends the file, so a file shorter than
+    ``e_shoff + e_shnum * e_shentsize`` was cut short.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if size == 0:
+        return "empty"
+    if head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        return "not a shared library"
+    order: Any = "little" if head[5] == 1 else "big"
+    wide = head[4] == 2
+    if len(head) < (64 if wide else 52):
+        return f"truncated ({size} bytes)"
+    shoff, entsize, count = (
+        (head[0x28:0x30], head[0x3A:0x3C], head[0x3C:0x3E])
+        if wide
+        else (head[0x20:0x24], head[0x2E:0x30], head[0x30:0x32])
+    )
+    end = int.from_bytes(shoff, order) + int.from_bytes(entsize, order) * int.from_bytes(
+        count, order
+    )
+    if size < end:
+        return f"truncated ({size} of {end} bytes)"
+    return None
+
+
+def discard_corrupt(root: Path | None = None) -> list[tuple[Path, str]]:
+    """Delete the compiled kernels (``*.so``) under ``root`` that cannot load; say which and why.
+
+    A corrupt entry (a write cut short, a full disk, a stray file) makes every later load of
+    that kernel fail, in this process and in every later one; deleting it makes Inductor
+    rebuild it on the next compile.
+
+    Args:
+        root: the cache directory; default the one :func:`configure` chose.
+
+    Returns:
+        ``(path, reason)`` for every file deleted.
+    """
+    root = cache_dir() if root is None else root
+    removed = []
+    for path in sorted(Path(root).rglob("*.so")):
+        problem = _library_problem(path)
+        if problem is None:
+            continue
+        try:
+            path.unlink()
+        except OSError as err:
+            _log.warning("optcompile: cannot delete corrupt cache entry %s (%s)", path, err)
+            continue
+        removed.append((path, problem))
+    return removed

@@ -24,11 +24,13 @@ from optcompile import (
     typing,
     update,
     utils,
+    version,
     visual,
 )
 from optcompile.accelerated_op import accelerated_op_available
 from optcompile.alias import adadelta, adagrad, adam, adamax, adamw, radam, rmsprop, sgd
 from optcompile.base import EmptyState, GradientTransformation, UninitializedState, identity
+from optcompile.clip import clip_grad_norm
 from optcompile.combine import ChainedGradientTransformation, chain, explain
 from optcompile.decorator import optcompile
 from optcompile.errors import (
@@ -38,6 +40,7 @@ from optcompile.errors import (
     OptCompileError,
     RuleError,
 )
+from optcompile.hook import register_hook
 from optcompile.lowering.backends import default_backend, set_default_backend
 from optcompile.lowering.stats import reset_stats, stats
 from optcompile.optim import (
@@ -70,6 +73,7 @@ from optcompile.optim import (
     RMSprop,
 )
 from optcompile.rule import Rule, rule
+from optcompile.serialization import _register_builtin_states
 from optcompile.state import (
     ModuleState,
     extract_state_dict,
@@ -78,16 +82,19 @@ from optcompile.state import (
     recover_state_dict,
     stop_gradient,
 )
+from optcompile.transform import nan_to_num
 from optcompile.update import apply_transform, apply_updates
+from optcompile.version import __version__ as __version__
 
-__version__ = "0.1.0"
+_register_builtin_states()
 
 __all__ = [
     # declaring rules
     "rule", "Rule", "sym", "explain",
     # functional API
     "GradientTransformation", "ChainedGradientTransformation", "EmptyState", "UninitializedState",
-    "identity", "chain", "apply_updates", "apply_transform",
+    "identity", "chain", "apply_updates", "apply_transform", "clip_grad_norm", "nan_to_num",
+    "register_hook",
     "sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop",
     # optimizer objects
     "Optimizer", "FuncOptimizer", "MetaOptimizer",
@@ -105,5 +112,6 @@ __all__ = [
     "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
     # submodules
     "accelerated_op", "alias", "base", "clip", "combine", "diff", "hook", "linalg", "linear_solve",
-    "nn", "optim", "pytree", "schedule", "state", "transform", "typing", "update", "utils", "visual",
+    "nn", "optim", "pytree", "schedule", "state", "transform", "typing", "update", "utils",
+    "version", "visual",
 ]  # fmt: skip

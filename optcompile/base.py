@@ -15,6 +15,7 @@ __all__ = [
     "UninitializedState",
     "GradientTransformation",
     "identity",
+    *("ChainedGradientTransformation",),  # from combine, see __getattr__
 ]
 
 
@@ -69,3 +70,13 @@ def identity() -> GradientTransformation:
 
 
 _IDENTITY = GradientTransformation(_identity_init, _identity_update)
+
+
+def __getattr__(name: str) -> Any:
+    # TorchOpt defines ChainedGradientTransformation in base; here it lives with chain() in
+    # combine, which imports this module, so base hands it out on first access.
+    if name == "ChainedGradientTransformation":
+        from optcompile.combine import ChainedGradientTransformation
+
+        return ChainedGradientTransformation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import optree
+
 from optcompile.base import GradientTransformation, identity
 from optcompile.fused import RuleTransformation, UpdatesStatistic
 from optcompile.update import apply_updates
 
-__all__ = ["chain", "ChainedGradientTransformation", "explain"]
+__all__ = ["chain", "chain_flat", "ChainedGradientTransformation", "explain"]
 
 
 class ChainedGradientTransformation(GradientTransformation):
@@ -222,6 +224,33 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
     if len(members) == 1:
         return members[0]
     return ChainedGradientTransformation(*members)
+
+
+def chain_flat(*transformations: GradientTransformation) -> GradientTransformation:
+    """``chain(*transformations)`` run on the flat list of the params' leaves (``chain.flat``).
+
+    The inner chain sees (and its state holds) lists with one entry per leaf, ``None`` leaves
+    included; the updates come back in the params' structure. ``chain_flat()`` is the identity.
+    """
+    if not transformations:
+        return identity()
+    inner = chain(*transformations)
+
+    def init(params: Any) -> Any:
+        return inner.init(optree.tree_leaves(params, none_is_leaf=True))
+
+    def update(
+        updates: Any, state: Any, *, params: Any = None, inplace: bool = True
+    ) -> tuple[Any, Any]:
+        flat_updates, spec = optree.tree_flatten(updates, none_is_leaf=True)
+        flat_params = None if params is None else optree.tree_leaves(params, none_is_leaf=True)
+        flat_updates, state = inner.update(flat_updates, state, params=flat_params, inplace=inplace)
+        return optree.tree_unflatten(spec, list(flat_updates)), state
+
+    return GradientTransformation(init, update)
+
+
+chain.flat = chain_flat  # type: ignore[attr-defined]
 
 
 def _describe(tx: GradientTransformation) -> str:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import optree
 import torch
+import torch.distributed.rpc as _rpc
 from optree import *  # noqa: F403 - the whole optree API, as TorchOpt re-exports it
 
 __all__ = [
@@ -28,12 +30,21 @@ __all__ = [
     "tree_scalar_mul",
     "tree_truediv",
     "tree_vdot_real",
+    "tree_wait",
 ]
 
 
-def tree_flatten_as_tuple(tree: Any) -> tuple[tuple[Any, ...], optree.PyTreeSpec]:
-    """``tree_flatten`` with the leaves as a tuple."""
-    leaves, spec = optree.tree_flatten(tree)
+def tree_flatten_as_tuple(
+    tree: Any,
+    is_leaf: Callable[[Any], bool] | None = None,
+    *,
+    none_is_leaf: bool = False,
+    namespace: str = "",
+) -> tuple[tuple[Any, ...], optree.PyTreeSpec]:
+    """``tree_flatten`` (same options) with the leaves as a tuple."""
+    leaves, spec = optree.tree_flatten(
+        tree, is_leaf, none_is_leaf=none_is_leaf, namespace=namespace
+    )
     return tuple(leaves), spec
 
 
@@ -59,9 +70,9 @@ def tree_add_scalar_mul(tree_x: Any, tree_y: Any, alpha: Any = None) -> Any:
     return optree.tree_map(lambda x, y: x + alpha * y, tree_x, tree_y)
 
 
-def tree_sub(tree_x: Any, tree_y: Any) -> Any:
+def tree_sub(minuend_tree: Any, subtrahend_tree: Any) -> Any:
     """``x - y`` leafwise."""
-    return optree.tree_map(operator.sub, tree_x, tree_y)
+    return optree.tree_map(operator.sub, minuend_tree, subtrahend_tree)
 
 
 def tree_sub_scalar_mul(tree_x: Any, tree_y: Any, alpha: Any = None) -> Any:
@@ -81,14 +92,14 @@ def tree_matmul(*trees: Any) -> Any:
     return optree.tree_map(lambda *xs: functools.reduce(operator.matmul, xs), *trees)
 
 
-def tree_scalar_mul(scalar: Any, multiplicand: Any) -> Any:
+def tree_scalar_mul(scalar: Any, multiplicand_tree: Any) -> Any:
     """``scalar * x`` leafwise."""
-    return optree.tree_map(lambda x: scalar * x, multiplicand)
+    return optree.tree_map(lambda x: scalar * x, multiplicand_tree)
 
 
-def tree_truediv(tree_x: Any, tree_y: Any) -> Any:
+def tree_truediv(dividend_tree: Any, divisor_tree: Any) -> Any:
     """``x / y`` leafwise."""
-    return optree.tree_map(operator.truediv, tree_x, tree_y)
+    return optree.tree_map(operator.truediv, dividend_tree, divisor_tree)
 
 
 def tree_vdot_real(tree_x: Any, tree_y: Any) -> float:
@@ -99,3 +110,26 @@ def tree_vdot_real(tree_x: Any, tree_y: Any) -> float:
         float(torch.vdot(x.reshape(-1), y.reshape(-1)).real)
         for x, y in zip(leaves_x, leaves_y, strict=True)
     )
+
+
+def tree_wait(future_tree: Any) -> Any:
+    """The tree of ``future.wait()`` for a tree of ``torch.futures.Future``."""
+    futures, spec = optree.tree_flatten(future_tree)
+    return optree.tree_unflatten(spec, torch.futures.wait_all(futures))
+
+
+if _rpc.is_available():
+
+    def tree_as_rref(tree: Any) -> Any:
+        """Each leaf wrapped in a ``torch.distributed.rpc.RRef`` owned by this worker."""
+        return optree.tree_map(_rpc.RRef, tree)
+
+    def tree_to_here(rref_tree: Any, timeout: float = _rpc.api.UNSET_RPC_TIMEOUT) -> Any:
+        """Each ``RRef`` leaf fetched to this worker (``rref.to_here(timeout)``)."""
+        return optree.tree_map(lambda x: x.to_here(timeout=timeout), rref_tree)
+
+    def tree_local_value(rref_tree: Any) -> Any:
+        """Each ``RRef`` leaf's local value (the owner only)."""
+        return optree.tree_map(lambda x: x.local_value(), rref_tree)
+
+    __all__ += ["tree_as_rref", "tree_to_here"]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import sympy
+import torch
 
 from optcompile.errors import RuleError
 from optcompile.lowering.check import Domain, parse_domain
@@ -169,6 +170,9 @@ def _state_type(name: str, fields: tuple[str, ...]) -> type:
     cls = NamedTuple(name, [(f, Any) for f in fields])  # type: ignore[misc]
     cls.__module__ = __name__
     cls.__qualname__ = "__".join((name, *fields))
+    # A NamedTuple of tensors and numbers is safe to unpickle: torch.load's default
+    # weights_only=True may rebuild it (see optcompile.serialization).
+    torch.serialization.add_safe_globals([cls])
     return cls
 
 

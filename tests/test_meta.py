@@ -582,10 +582,17 @@ def test_recover_a_meta_optimizer_state_of_another_structure():
     net, optimizer, _, _ = _prepared()
     snapshot = _snapshot(net, optimizer)
     sgd_state = oc.extract_state_dict(oc.MetaSGD(_mlp(), lr=0.1))
-    with pytest.raises(ValueError, match=r"group 0 has structure .*\(EmptyState\(\),\).*another"):
+    with pytest.raises(
+        ValueError,
+        match=r"member 0: this optimizer's state is a ScaleByAdamState\(mu, nu, count\) but the "
+        r"state_dict holds a EmptyState\(\) \(a state of another optimizer",
+    ):
         oc.recover_state_dict(optimizer, sgd_state)
     smaller = oc.extract_state_dict(oc.MetaAdam(nn.Linear(3, 1).double(), lr=0.1))
-    with pytest.raises(ValueError, match=r"group 0 has structure .*mu=\[\*, \*\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"ScaleByAdamState\.mu: 2 leaves in the state_dict, but this optimizer has 4",
+    ):
         oc.recover_state_dict(optimizer, smaller)
     with pytest.raises(ValueError, match=r"expected a tuple of 1 group state"):
         oc.recover_state_dict(optimizer, oc.extract_state_dict(net))

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import optcompile
 
-MODULES = ["optcompile", "optcompile.transform", "optcompile.schedule", "optcompile.hook",
-           "optcompile.clip", "optcompile.visual", "optcompile.sym", "optcompile.diff.implicit",
-           "optcompile.linear_solve", "optcompile.linalg", "optcompile.nn"]  # fmt: skip
+MODULES = ["optcompile", "optcompile.transform", "optcompile.transform.utils",
+           "optcompile.alias.utils", "optcompile.accelerated_op", "optcompile.schedule",
+           "optcompile.hook", "optcompile.clip", "optcompile.visual", "optcompile.sym",
+           "optcompile.diff.implicit", "optcompile.diff.zero_order", "optcompile.linear_solve",
+           "optcompile.linalg", "optcompile.nn"]  # fmt: skip
 
 
 def _summary(obj: object) -> str:

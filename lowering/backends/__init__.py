@@ -91,7 +91,8 @@ def select_backend(
     counted in :func:`~optcompile.lowering.stats.stats`; a warning says once per (backend
     skipped, reason, backend used) why, so a user sees each distinct fallback exactly once.
     Under ``auto``, native skipping a kernel that is not Adam is expected and not warned about,
-    and a step over fewer than the compile threshold's ``elements`` runs eagerly.
+    and a step over fewer than the compile threshold's ``elements`` runs eagerly. With a named
+    backend only that backend's skip is warned about (the message names the one used).
     """
     name = _default if name is None else name
     _check_name(name)
@@ -110,6 +111,10 @@ def select_backend(
         backend = BACKENDS["eager"]
     for candidate, reason in skipped:
         if name == "auto" and candidate == "native":
+            continue
+        if name != "auto" and candidate != name:
+            # The user named one backend: say why it was skipped, not why the fallbacks
+            # tried behind it were (they are in stats()).
             continue
         key = (candidate, reason, backend.name)
         if key not in _warned:

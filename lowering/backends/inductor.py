@@ -35,7 +35,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -47,6 +47,7 @@ from optcompile.lowering.kernel import Kernel, Variant
 __all__ = ["InductorBackend", "simulate_failure", "DISABLE_ENV_VAR"]
 
 DISABLE_ENV_VAR = "OPTCOMPILE_DISABLE_INDUCTOR"
+_T = TypeVar("_T")
 _SLOW_COMPILE_S = 2.0  # longer compiles are announced on stderr, so a pause is explained
 
 _log = logging.getLogger(__name__)
@@ -119,6 +120,33 @@ def _compile(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Callable
     return lambda *args: compiled(*args)[:n_outputs]
 
 
+def _with_cache_repair(build: Callable[[], _T]) -> _T:
+    """``build()``; if it fails and the on-disk cache holds corrupt kernels, delete them, say
+    so once, and build again (once).
+
+    A truncated or empty compiled kernel in the cache fails every load (Inductor reports a
+    ``CppCompileError``); without this, Inductor would be off in every later process too.
+    """
+    try:
+        return build()
+    except Exception:
+        removed = cache.discard_corrupt()
+        if not removed:
+            raise
+    cache._announce_discarded(cache.configure(), removed)
+    _forget_loaded_kernels()
+    return build()
+
+
+def _forget_loaded_kernels() -> None:
+    """Drop Inductor's in-process memo of compiled kernels, so the rebuild reads the disk."""
+    try:
+        from torch._inductor.utils import clear_caches
+    except ImportError:  # the private helper moved; the rebuild then may fail once more
+        return
+    clear_caches()
+
+
 def _output_node(gm: torch.fx.GraphModule) -> torch.fx.Node:
     node: torch.fx.Node = next(n for n in gm.graph.nodes if n.op == "output")
     return node
@@ -182,7 +210,7 @@ class _Probe:
         try:
             _check_fault("probe")
             x = torch.arange(8, dtype=torch.float32, device=device)
-            compiled = _compile(lambda a: (a * 2 + 1,), [x])
+            compiled = _with_cache_repair(lambda: _compile(lambda a: (a * 2 + 1,), [x]))
             (y,) = compiled(x)
             if not torch.equal(y.cpu(), torch.arange(8, dtype=torch.float32) * 2 + 1):
                 return f"Inductor on {device.type} computed a wrong result in a self-test"
@@ -385,7 +413,7 @@ class InductorBackend(Backend):
             start, misses = time.perf_counter(), _cache_misses()
             try:
                 _check_fault("compile")
-                graph = build()
+                graph = _with_cache_repair(build)
             except Exception as err:
                 _log.info("optcompile: compiling %s failed", kernel.name, exc_info=True)
                 return f"compiling its {label} failed ({_describe(err)})"

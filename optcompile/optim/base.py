@@ -9,6 +9,7 @@ import optree
 import torch
 
 from optcompile.base import GradientTransformation
+from optcompile.optim.checkpoint import adopt_state_groups
 from optcompile.update import apply_updates
 
 __all__ = ["Optimizer"]
@@ -94,35 +95,15 @@ class Optimizer:
         return tuple(self.state_groups)
 
     def load_state_dict(self, state_dict: Sequence[Any]) -> None:
-        """Replace the group states (by reference) with ``state_dict``."""
-        _check_state_groups(self.state_groups, state_dict)
-        self.state_groups[:] = list(state_dict)
+        """Replace the group states with ``state_dict``: by reference if it is this optimizer's.
 
+        A TorchOpt 0.7.3 state dict of the same optimizer is translated (see
+        :mod:`optcompile.optim.checkpoint`) and training continues with TorchOpt's numbers.
 
-def _check_state_groups(current: Sequence[Any], new: Sequence[Any]) -> None:
-    """Raise ValueError unless ``new`` has the structure of ``current`` (same optimizer)."""
-    if not isinstance(new, tuple | list) or len(new) != len(current):
-        raise ValueError(
-            f"state_dict: expected a tuple of {len(current)} group state(s) as returned by "
-            f"state_dict(), got {type(new).__name__}"
-            + (f" of length {len(new)}" if isinstance(new, tuple | list) else "")
+        Raises:
+            ValueError: ``state_dict`` is not a state of this optimizer; the message names the
+                group, member, state class, field, leaf and shape that differ. Nothing changes.
+        """
+        self.state_groups[:] = adopt_state_groups(
+            self.state_groups, state_dict, fresh=lambda i: self.impl.init(self.param_groups[i])
         )
-    for i, (old, candidate) in enumerate(zip(current, new, strict=True)):
-        old_spec = optree.tree_structure(old, none_is_leaf=True)
-        new_spec = optree.tree_structure(candidate, none_is_leaf=True)
-        if old_spec != new_spec:
-            raise ValueError(
-                f"state_dict: group {i} has structure {new_spec}, but this optimizer's state "
-                f"is {old_spec} (a state from another optimizer or model?)"
-            )
-        old_leaves = optree.tree_leaves(old, none_is_leaf=True)
-        new_leaves = optree.tree_leaves(candidate, none_is_leaf=True)
-        for k, (a, b) in enumerate(zip(old_leaves, new_leaves, strict=True)):
-            if isinstance(a, torch.Tensor) and (
-                not isinstance(b, torch.Tensor) or a.shape != b.shape
-            ):
-                got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
-                raise ValueError(
-                    f"state_dict: group {i}, tensor {k} has shape {got} but this optimizer's "
-                    f"has {tuple(a.shape)} (a state of another model?)"
-                )

@@ -13,7 +13,7 @@ from typing import Any
 
 from optcompile import alias
 from optcompile.optim.base import Optimizer
-from optcompile.optim.meta import MetaOptimizer
+from optcompile.optim.meta.base import MetaOptimizer
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RAdam", "RMSprop",

@@ -17,7 +17,8 @@ from torch import nn
 from optcompile.base import GradientTransformation
 from optcompile.decorator import first_order_active
 from optcompile.lowering.autograd import transforms_active
-from optcompile.optim.base import _check_impl, _check_state_groups
+from optcompile.optim.base import _check_impl
+from optcompile.optim.checkpoint import adopt_state_groups
 from optcompile.update import apply_transform
 
 __all__ = ["MetaOptimizer"]
@@ -46,6 +47,25 @@ def _current(slots: tuple[Slot, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(places[0][0][places[0][1]] for places in slots)
 
 
+def _torchopt_order(slots: tuple[Slot, ...], containers: tuple[dict, ...]) -> tuple[list[int], int]:
+    """Where each of our parameters sits among TorchOpt's MetaOptimizer leaves, and their number.
+
+    TorchOpt flattens the tuple of every (sub)module's ``_parameters`` dict with optree, which
+    sorts each dict by name and skips ``None``; it keeps frozen and tied parameters as leaves.
+    """
+    index: dict[tuple[int, str], int] = {}
+    seen: set[int] = set()
+    for container in containers:
+        if id(container) in seen or not container:
+            continue
+        seen.add(id(container))
+        for name in sorted(container):
+            if container[name] is not None:
+                index[(id(container), name)] = len(index)
+    order = [min(index[(id(c), name)] for c, name in places) for places in slots]
+    return order, len(index)
+
+
 class MetaOptimizer:
     """A differentiable optimizer over a module's parameters.
 
@@ -61,6 +81,7 @@ class MetaOptimizer:
     def __init__(self, module: nn.Module, impl: GradientTransformation) -> None:
         self.impl = _check_impl(impl)
         self.param_slots_groups: list[tuple[Slot, ...]] = []
+        self._module_containers: list[tuple[dict, ...]] = []  # every submodule's _parameters
         self.state_groups: list[Any] = []
         self.add_param_group(module)
 
@@ -86,6 +107,7 @@ class MetaOptimizer:
                 f"MetaOptimizer needs at least one"
             )
         self.param_slots_groups.append(slots)
+        self._module_containers.append(tuple(m._parameters for m in module.modules()))
         self.state_groups.append(self.impl.init(_current(slots)))
 
     def step(self, loss: torch.Tensor) -> None:
@@ -159,10 +181,23 @@ class MetaOptimizer:
         return tuple(self.state_groups)
 
     def load_state_dict(self, state_dict: Sequence[Any]) -> None:
-        """Replace the group states (by reference).
+        """Replace the group states: by reference if ``state_dict`` is this optimizer's.
+
+        A TorchOpt 0.7.3 state dict of the same meta-optimizer is translated (see
+        :mod:`optcompile.optim.checkpoint`), its leaves put in this optimizer's order.
 
         Raises:
-            ValueError: ``state_dict`` does not have this optimizer's structure.
+            ValueError: ``state_dict`` is not a state of this optimizer; the message names the
+                group, member, state class, field, leaf and shape that differ. Nothing changes.
         """
-        _check_state_groups(self.state_groups, state_dict)
-        self.state_groups[:] = list(state_dict)
+        orders = [
+            _torchopt_order(slots, c)
+            for slots, c in zip(self.param_slots_groups, self._module_containers, strict=True)
+        ]
+        self.state_groups[:] = adopt_state_groups(
+            self.state_groups,
+            state_dict,
+            fresh=lambda i: self.impl.init(_current(self.param_slots_groups[i])),
+            orders=[order for order, _ in orders],
+            n_foreign=[n for _, n in orders],
+        )

@@ -10,6 +10,7 @@ import torch
 from optcompile.base import GradientTransformation, UninitializedState
 from optcompile.decorator import first_order_active
 from optcompile.optim.base import _check_impl
+from optcompile.optim.checkpoint import adopt_state_groups
 from optcompile.update import apply_transform
 
 __all__ = ["FuncOptimizer"]
@@ -27,6 +28,7 @@ class FuncOptimizer:
         self.impl = _check_impl(impl)
         self.inplace = bool(inplace)
         self.optim_state: Any = UninitializedState()
+        self._unchecked = False  # loaded before the first step: checked against init(params)
 
     def step(self, loss: torch.Tensor, params: Any, inplace: bool | None = None) -> Any:
         """Differentiate ``loss`` w.r.t. ``params`` and return the updated parameters.
@@ -44,6 +46,11 @@ class FuncOptimizer:
         flat = tuple(leaves)
         if isinstance(self.optim_state, UninitializedState):
             self.optim_state = self.impl.init(flat)
+        elif self._unchecked:
+            (self.optim_state,) = adopt_state_groups(
+                (self.impl.init(flat),), (self.optim_state,), fresh=lambda _: self.impl.init(flat)
+            )
+            self._unchecked = False
         create_graph = not inplace and not first_order_active()
         grads = torch.autograd.grad(loss, flat, create_graph=create_graph, allow_unused=True)
         new_params, self.optim_state = apply_transform(
@@ -56,5 +63,18 @@ class FuncOptimizer:
         return self.optim_state
 
     def load_state_dict(self, state_dict: Any) -> None:
-        """Replace the transformation state."""
-        self.optim_state = state_dict
+        """Replace the transformation state, checked against this transformation's.
+
+        A TorchOpt 0.7.3 state of the same transformation is translated (see
+        :mod:`optcompile.optim.checkpoint`).
+
+        Raises:
+            ValueError: ``state_dict`` is not a state of this transformation.
+        """
+        if isinstance(self.optim_state, UninitializedState) or self._unchecked:
+            # No parameters seen yet: checked (and translated) at the first step.
+            self.optim_state, self._unchecked = state_dict, True
+            return
+        (self.optim_state,) = adopt_state_groups(
+            (self.optim_state,), (state_dict,), fresh=lambda _: UninitializedState()
+        )

@@ -6,7 +6,10 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["accelerated_op_available", "is_available"]
+from optcompile.accelerated_op import adam_op as adam_op
+from optcompile.accelerated_op.adam_op import AdamOp
+
+__all__ = ["AdamOp", "accelerated_op_available", "is_available"]
 
 DeviceLike = torch.device | str | int
 

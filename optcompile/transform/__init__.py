@@ -15,10 +15,11 @@ import torch
 
 from optcompile.base import EmptyState, GradientTransformation
 from optcompile.fused import RuleTransformation, UpdatesStatistic, from_rule
+from optcompile.rules import adam as _adam
 from optcompile.rules import basic as _basic
+from optcompile.rules import rms as _rms
 from optcompile.rules import sgd as _sgd
-from optcompile.rules.adam import scale_by_adam, scale_by_adamax, scale_by_radam
-from optcompile.rules.rms import scale_by_adadelta, scale_by_rms, scale_by_rss, scale_by_stddev
+from optcompile.transform import utils as utils
 
 __all__ = [
     "from_rule",
@@ -75,6 +76,30 @@ def trace(
     )
 
 
+# The preconditioners, with TorchOpt's positional signatures; the maths is in optcompile.rules.
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    moment_requires_grad: bool = False,
+    *,
+    backend: str | None = None,
+) -> RuleTransformation:
+    """Adam's preconditioner; see :data:`optcompile.rules.adam.scale_by_adam`."""
+    return from_rule(
+        _adam.scale_by_adam,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        moment_requires_grad=moment_requires_grad,
+        backend=backend,
+    )
+
+
 def scale_by_accelerated_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -83,14 +108,91 @@ def scale_by_accelerated_adam(
     moment_requires_grad: bool = False,
 ) -> RuleTransformation:
     """``scale_by_adam`` on the native C++/CUDA backend (TorchOpt's accelerated op)."""
+    return scale_by_adam(b1, b2, eps, eps_root, moment_requires_grad, backend="native")
+
+
+def scale_by_adamax(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    moment_requires_grad: bool = False,
+    *,
+    backend: str | None = None,
+) -> RuleTransformation:
+    """AdaMax's preconditioner; see :data:`optcompile.rules.adam.scale_by_adamax`."""
     return from_rule(
-        scale_by_adam,
+        _adam.scale_by_adamax,
         b1=b1,
         b2=b2,
         eps=eps,
-        eps_root=eps_root,
         moment_requires_grad=moment_requires_grad,
-        backend="native",
+        backend=backend,
+    )
+
+
+def scale_by_radam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    moment_requires_grad: bool = False,
+    *,
+    backend: str | None = None,
+) -> RuleTransformation:
+    """RAdam's preconditioner; see :data:`optcompile.rules.adam.scale_by_radam`."""
+    return from_rule(
+        _adam.scale_by_radam,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        moment_requires_grad=moment_requires_grad,
+        backend=backend,
+    )
+
+
+def scale_by_adadelta(
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    moment_requires_grad: bool = False,
+    *,
+    backend: str | None = None,
+) -> RuleTransformation:
+    """AdaDelta's preconditioner; see :data:`optcompile.rules.rms.scale_by_adadelta`."""
+    return from_rule(
+        _rms.scale_by_adadelta,
+        rho=rho,
+        eps=eps,
+        moment_requires_grad=moment_requires_grad,
+        backend=backend,
+    )
+
+
+def scale_by_rss(
+    initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, backend: str | None = None
+) -> RuleTransformation:
+    """AdaGrad's preconditioner; see :data:`optcompile.rules.rms.scale_by_rss`."""
+    return from_rule(
+        _rms.scale_by_rss,
+        initial_accumulator_value=initial_accumulator_value,
+        eps=eps,
+        backend=backend,
+    )
+
+
+def scale_by_rms(
+    alpha: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0, *, backend: str | None = None
+) -> RuleTransformation:
+    """RMSProp's preconditioner; see :data:`optcompile.rules.rms.scale_by_rms`."""
+    return from_rule(
+        _rms.scale_by_rms, alpha=alpha, eps=eps, initial_scale=initial_scale, backend=backend
+    )
+
+
+def scale_by_stddev(
+    alpha: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0, *, backend: str | None = None
+) -> RuleTransformation:
+    """Centred RMSProp's preconditioner; see :data:`optcompile.rules.rms.scale_by_stddev`."""
+    return from_rule(
+        _rms.scale_by_stddev, alpha=alpha, eps=eps, initial_scale=initial_scale, backend=backend
     )
 
 
@@ -100,12 +202,14 @@ class MaskedState(NamedTuple):
     inner_state: Any
 
 
-def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
+def masked(inner: GradientTransformation, mask: Any = None) -> GradientTransformation:
     """Apply ``inner`` only to the leaves where ``mask`` is True; others pass through unchanged.
 
     Args:
         inner: the transformation to restrict.
-        mask: a pytree of bools with the params' structure, or a callable ``params -> mask``.
+        mask: a pytree of bools with the params' structure, or a callable ``params -> mask``;
+            None (TorchOpt's default) selects every leaf, so ``masked(inner)`` is ``inner``
+            with a ``MaskedState`` around its state.
     """
 
     def select(tree: Any, mask_tree: Any) -> Any:
@@ -114,6 +218,8 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
         )
 
     def resolve(params: Any) -> Any:
+        if mask is None:
+            return optree.tree_map(lambda _: True, params, none_is_leaf=True)
         return mask(params) if callable(mask) else mask
 
     def init(params: Any) -> MaskedState:

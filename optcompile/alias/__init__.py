@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from optcompile import transform as _transform
+from optcompile.alias import utils as utils
+from optcompile.alias.utils import _flip_and_decay, _get_use_chain_flat, _neg_lr, params_shaped
 from optcompile.base import GradientTransformation
 from optcompile.combine import ChainedGradientTransformation
 from optcompile.errors import HyperparameterError
@@ -21,7 +23,6 @@ from optcompile.lowering.check import numbers_of
 from optcompile.rules import adam as _adam
 from optcompile.rules import rms as _rms
 from optcompile.rules import sgd as _sgd
-from optcompile.rules.basic import flip_sign_and_add_weight_decay, scale_by_neg_lr
 
 __all__ = ["sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop"]
 
@@ -58,25 +59,12 @@ def _is_zero(value: Any) -> bool:
     return isinstance(value, numbers.Real) and value == 0
 
 
-def _chain(*members: GradientTransformation | None) -> ChainedGradientTransformation:
+def _chain(*members: GradientTransformation | None) -> GradientTransformation:
     # Always a chain (even of one member): TorchOpt's aliases have tuple states, which the seed
-    # prints as `((EmptyState(),),)` for MetaSGD.
-    return ChainedGradientTransformation(*(m for m in members if m is not None), opaque=True)
-
-
-def _flip_and_decay(weight_decay: Any, maximize: bool, backend: str | None):
-    if _is_zero(weight_decay) and not maximize:
-        return None
-    return from_rule(
-        flip_sign_and_add_weight_decay,
-        weight_decay=weight_decay,
-        sign=-1.0 if maximize else 1.0,
-        backend=backend,
-    )
-
-
-def _neg_lr(lr: Any, backend: str | None):
-    return from_rule(scale_by_neg_lr, lr=lr, backend=backend)
+    # prints as `((EmptyState(),),)` for MetaSGD. With the chain-flat switch off (a TorchOpt
+    # testing hook, see alias.utils) the state's buffers take the params' structure.
+    chained = ChainedGradientTransformation(*(m for m in members if m is not None), opaque=True)
+    return chained if _get_use_chain_flat() else params_shaped(chained)
 
 
 def _preconditioned(
@@ -89,7 +77,7 @@ def _preconditioned(
     rule_backend: str | None = None,
     decoupled_decay: GradientTransformation | None = None,
     **hypers: Any,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     """The shape of every adaptive alias: sign flip / L2 decay -> ``rule`` -> decay -> -lr.
 
     ``rule_backend`` (default ``backend``) places the rule and the -lr scaling that fuses with
@@ -116,7 +104,7 @@ def sgd(
     moment_requires_grad: bool = False,
     maximize: bool = False,
     backend: str | None = None,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     r"""Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``.
 
     .. math:: b_t = \mu b_{t-1} + (1-\tau)(g + \lambda p) \;(b_1 = g_1 + \lambda p), \quad
@@ -158,7 +146,7 @@ def adam(
     maximize: bool = False,
     use_accelerated_op: bool = False,
     backend: str | None = None,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     r"""Adam (Kingma & Ba, 2014), L2 weight decay added to the gradient; as ``torch.optim.Adam``.
 
     .. math:: \Delta p = -\eta \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
@@ -196,7 +184,7 @@ def adamw(
     maximize: bool = False,
     use_accelerated_op: bool = False,
     backend: str | None = None,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     r"""AdamW (Loshchilov & Hutter, 2019): decoupled weight decay, as ``torch.optim.AdamW``.
 
     .. math:: \Delta p = -\eta \left(\frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
@@ -246,7 +234,7 @@ def adamax(
     *,
     moment_requires_grad: bool = False,
     backend: str | None = None,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     r"""AdaMax (Kingma & Ba, 2014), as ``torch.optim.Adamax``."""
     b1, b2 = _check_betas(betas)
     _check("eps", eps, 0.0)
@@ -270,7 +258,7 @@ def radam(
     *,
     moment_requires_grad: bool = False,
     backend: str | None = None,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``."""
     b1, b2 = _check_betas(betas)
     _check("eps", eps, 0.0)
@@ -295,7 +283,7 @@ def adagrad(
     *,
     maximize: bool = False,
     backend: str | None = None,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     r"""AdaGrad (Duchi et al., 2011), as ``torch.optim.Adagrad``."""
     _check("lr_decay", lr_decay, 0.0)
     _check("initial_accumulator_value", initial_accumulator_value, 0.0)
@@ -320,7 +308,7 @@ def adadelta(
     *,
     moment_requires_grad: bool = False,
     backend: str | None = None,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     r"""AdaDelta (Zeiler, 2012), as ``torch.optim.Adadelta``."""
     _check("rho", rho, 0.0, 1.0)
     _check("eps", eps, 0.0)
@@ -347,7 +335,7 @@ def rmsprop(
     nesterov: bool = False,
     maximize: bool = False,
     backend: str | None = None,
-) -> ChainedGradientTransformation:
+) -> GradientTransformation:
     r"""RMSProp (Tieleman & Hinton, 2012), plain or centred, with momentum (torch.optim.RMSprop)."""
     _check("lr", lr, 0.0)
     _check("alpha", alpha, 0.0, 1.0)

@@ -1,0 +1,5 @@
+"""``AdaGrad``, ``Adagrad`` at TorchOpt's path ``optim.adagrad``."""
+
+from optcompile.optim.classes import AdaGrad, Adagrad
+
+__all__ = ["AdaGrad", "Adagrad"]

@@ -1,0 +1,26 @@
+"""The meta-optimizers, at TorchOpt's path ``optim.meta``: ``MetaOptimizer`` and ``Meta*``.
+
+The ``Meta*`` classes are generated in :mod:`optcompile.optim.classes` (which imports
+``MetaOptimizer`` from :mod:`.base`), so they are handed out on first access; the per-algorithm
+modules (``optim.meta.adam``, ...) re-export them at TorchOpt's paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optcompile.optim.meta.base import MetaOptimizer
+
+_GENERATED = (
+    "MetaSGD", "MetaAdam", "MetaAdamW", "MetaAdamax", "MetaAdaMax", "MetaAdagrad", "MetaAdaGrad",
+    "MetaAdadelta", "MetaAdaDelta", "MetaRAdam", "MetaRMSprop", "MetaRMSProp",
+)  # fmt: skip
+__all__ = ["MetaOptimizer", *_GENERATED]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _GENERATED:
+        from optcompile.optim import classes
+
+        return getattr(classes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
