@@ -62,6 +62,62 @@ def optcompile_iteration(net: nn.Module, backend: str) -> Callable[[], None]:
     return iteration
 
 
+def optcompile_whole_step_iteration(net: nn.Module) -> Callable[[], None]:
+    """The inner step (model, loss, inner gradient, Adam) compiled whole by ``@optcompile``."""
+    from torch.func import grad
+
+    import optcompile
+
+    x, y, xv, yv = make_data()
+    tx = optcompile.adam(lr=1e-3)
+
+    def loss(params, inputs, targets):
+        return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
+
+    @optcompile.optcompile
+    def inner_step(params, state):
+        grads = grad(loss)(params, x, y)
+        updates, state = tx.update(grads, state, params=params, inplace=False)
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+    params = dict(net.named_parameters())
+
+    def iteration() -> None:
+        fast, state = params, tx.init(params)
+        for _ in range(INNER_STEPS):
+            fast, state = inner_step(fast, state)
+        loss(fast, xv, yv).backward()
+
+    return iteration
+
+
+def optcompile_whole_loop_iteration(net: nn.Module) -> Callable[[], None]:
+    """All K inner steps in one ``@optcompile`` function: one graph, compiled per K."""
+    import optcompile
+    from torch.func import grad
+
+    x, y, xv, yv = make_data()
+    tx = optcompile.adam(lr=1e-3)
+
+    def loss(params, inputs, targets):
+        return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
+
+    @optcompile.optcompile
+    def adapt(params, state):
+        for _ in range(INNER_STEPS):
+            grads = grad(loss)(params, x, y)
+            updates, state = tx.update(grads, state, params=params, inplace=False)
+            params = optcompile.apply_updates(params, updates, inplace=False)
+        return params
+
+    params = dict(net.named_parameters())
+
+    def iteration() -> None:
+        loss(adapt(params, tx.init(params)), xv, yv).backward()
+
+    return iteration
+
+
 def _plain_adam(params, grads, mus, nus, count):
     new_p, new_m, new_v = [], [], []
     for p, g, m, v in zip(params, grads, mus, nus, strict=True):
@@ -129,6 +185,8 @@ def higher_iteration(net: nn.Module) -> Callable[[], None]:
 
 
 IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
+    "optcompile-whole-step": optcompile_whole_step_iteration,
+    "optcompile-whole-loop": optcompile_whole_loop_iteration,
     "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),
     "optcompile-eager": lambda net: optcompile_iteration(net, "eager"),
     "torch.compile-plain-adam": compiled_plain_adam_iteration,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from optcompile.lowering.backends.base import Backend, TensorLists
-from optcompile.lowering.backends.eager import run_vjp
+from optcompile.lowering.backends.eager import run_forward, run_vjp
 from optcompile.lowering.kernel import Kernel, Variant
 
 __all__ = ["apply_kernel", "transforms_active"]
@@ -72,11 +72,16 @@ class FusedStep(torch.autograd.Function):
             any(needs[j * n_leaves : (j + 1) * n_leaves]) for j in range(n_tensor)
         ) + tuple(needs[n_tensor * n_leaves + k] for k in range(n_hypers))
         cot_lists = _cotangent_lists(cotangents, n_leaves, tensor_lists[0])
-        variant = Variant(needs_by_input, tuple(c is not None for c in cot_lists))
-        differentiable = torch.is_grad_enabled() or any(
-            _is_wrapped(t) for t in (*inputs, *cotangents)
-        )
-        vjp = run_vjp if differentiable else _backend_vjp(ctx.backend, kernel)
+        if torch.compiler.is_compiling():  # one traced backward for every call: see full_variant
+            cot_lists = [c if c is not None else [torch.zeros_like(t) for t in tensor_lists[0]]
+                         for c in cot_lists]  # fmt: skip
+            variant, vjp = kernel.full_variant, run_vjp
+        else:
+            variant = Variant(needs_by_input, tuple(c is not None for c in cot_lists))
+            differentiable = torch.is_grad_enabled() or any(
+                _is_wrapped(t) for t in (*inputs, *cotangents)
+            )
+            vjp = run_vjp if differentiable else _backend_vjp(ctx.backend, kernel)
         tensor_grads, scalar_grads = vjp(kernel, variant, cot_lists, tensor_lists, scalars)
         flat: list[torch.Tensor | None] = []
         for j, grads in enumerate(tensor_grads):
@@ -164,6 +169,31 @@ class FusedStep(torch.autograd.Function):
             rows = tuple(torch.stack(column) for column in zip(*per_task, strict=True))
         outputs = tuple(r.reshape(size, *shapes[k % n_leaves]) for k, r in enumerate(rows))
         return outputs, (0,) * len(outputs)
+
+
+class _TracedStep(torch.autograd.Function):
+    """:class:`FusedStep` as Dynamo traces it inside a ``torch.compile`` region.
+
+    Dynamo inlines an autograd.Function's forward and backward into the compiled graphs but
+    refuses one with a custom ``jvp``; forward mode is not what a compiled meta-training step
+    needs, so this twin has forward and backward only. The backward is the same derived VJP.
+    """
+
+    @staticmethod
+    def forward(
+        kernel: Kernel, backend: Backend, n_leaves: int, n_tensor_inputs: int, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        tensor_lists, scalars = _unflatten(inputs, n_leaves, n_tensor_inputs)
+        outputs = run_forward(kernel, tensor_lists, scalars)  # traced into the caller's graph
+        # As _distinct, by identity rather than id(): Dynamo would guard on every id.
+        result: list[torch.Tensor] = []
+        for t in (t for column in outputs for t in column):
+            aliased = any(t is other for other in (*inputs, *result))
+            result.append(t.clone() if aliased else t)
+        return tuple(result)
+
+    setup_context = staticmethod(FusedStep.setup_context)
+    backward = staticmethod(FusedStep.backward)
 
 
 def _apply(*args: Any) -> tuple[torch.Tensor, ...]:
@@ -262,7 +292,18 @@ def apply_kernel(
     if n_leaves == 0:
         return [[] for _ in kernel.ir.outputs]
     flat = [t for column in tensor_lists for t in column] + list(scalars)
-    if transforms_active():
+    if torch.compiler.is_compiling():
+        # requires_grad and grad mode are known while tracing (and guarded on). A step that
+        # records nothing is traced as plain ops: Dynamo would not call the Function right.
+        if differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in flat):
+            packed = _TracedStep.apply(  # type: ignore[no-untyped-call]
+                kernel, backend, n_leaves, len(tensor_lists), *flat
+            )
+        else:
+            with torch.no_grad():
+                plain = run_forward(kernel, tensor_lists, scalars)
+            return _restore_dtypes([[t.clone() for t in column] for column in plain], tensor_lists)
+    elif transforms_active():
         if not differentiable:
             flat = [t.detach() for t in flat]
         packed = _apply(kernel, backend, n_leaves, len(tensor_lists), *flat)

@@ -128,6 +128,23 @@ class Kernel:
             self._vjp_cache[variant] = (source, _compile_source(source, f"{self.name}.vjp"))
         return self._vjp_cache[variant]
 
+    @cached_property
+    def full_variant(self) -> Variant:
+        """Every input's gradient from every output's cotangent: what a traced backward runs.
+
+        Inside a ``torch.compile`` region the backward is traced once for all steps, so it
+        computes every cotangent (the compiler drops the unused ones) instead of choosing a
+        variant per call, which would need Python decisions and new code at trace time.
+        """
+        ir = self.ir
+        n_in = len(ir.tensor_inputs) + len(ir.hypers)
+        return Variant((True,) * n_in, (True,) * len(ir.outputs))
+
+    def prepare_for_tracing(self) -> None:
+        """Build the forward and :attr:`full_variant`'s VJP now (Dynamo cannot trace that)."""
+        self.forward  # noqa: B018 - a cached property, built on first access
+        self.vjp(self.full_variant)
+
     def jvp_source(self, has_tangent: tuple[bool, ...]) -> str:
         """Python source of the per-element JVP for inputs with ``has_tangent``.
 

@@ -1,37 +1,61 @@
-"""``@optcompile``: run every optimizer step inside a function on a chosen fused backend.
+"""``@optcompile``: compile a functional inner step whole, or fuse the steps of an inner loop.
 
-Example:
-    >>> from optcompile import optcompile
-    >>> @optcompile(backend="eager")
-    ... def inner_loop(net, optim, batches):
-    ...     for x, y in batches:
-    ...         optim.step(((net(x) - y) ** 2).mean())
+Two paths, chosen per call from the arguments:
 
-What it does: inside the call, every optcompile step whose transform did not name a backend
-runs on ``backend`` (``"inductor"`` by default: one fused compiled kernel per step, forward and
-backward); the first call compiles what the loop needs and says so on stderr. With
-``first_order=True`` the inner steps are not differentiated through (first-order MAML): inner
-gradients are taken without ``create_graph`` and the updates enter the graph as constants, so the
-outer gradient flows to the initial parameters along the identity path only.
+**Functional step** (no :class:`~optcompile.MetaOptimizer` or ``nn.Module`` among the
+arguments; TorchOpt's FuncTorch style)::
 
-What it does not do: compile the user's own code around the steps (the model's forward and the
-loss). The second-order path cannot be compiled, since AOTAutograd does not support double
-backward; so only the optimizer's math is compiled, and results are identical, to float
-tolerance, with and without the decorator.
+    @optcompile
+    def inner_step(params, state, x, y):
+        grads = torch.func.grad(loss_fn)(params, x, y)
+        updates, state = tx.update(grads, state, params=params, inplace=False)
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+The whole function — model forward, loss, inner gradient, the fused update and, through
+AOTAutograd, their backward — is compiled by ``torch.compile`` into one Inductor graph per
+distinct input layout. ``torch.func.grad`` traces the inner gradient as forward ops, so the
+outer ``torch.autograd.grad`` through K calls is exact second-order MAML with no double backward;
+the optimizer's backward inside the graph is optcompile's derived VJP (the safe conventions
+hold). A step count, new data of the same shapes or a new value of a 0-d tensor
+hyper-parameter never recompile; the first step (moments that do not require grad yet) and
+later ones are two graphs. A number as hyper-parameter is a constant of the graph: build the
+transformation with a 0-d tensor to change it without recompiling. Call ``tx.init`` outside
+the decorated function (it prepares the kernels that the traced step reads).
+
+**Object-oriented loop** (a ``MetaOptimizer`` or module among the arguments)::
+
+    @optcompile(backend="inductor")
+    def inner_loop(net, optim, batches):
+        for x, y in batches:
+            optim.step(((net(x) - y) ** 2).mean())
+
+``MetaOptimizer.step`` differentiates with ``torch.autograd.grad(create_graph=True)``, which
+AOTAutograd cannot compile; every step runs on the chosen fused backend instead (one compiled
+kernel per step for the optimizer's maths, forward and backward), the user's code eagerly.
+
+With ``first_order=True`` the updates are constants to the outer gradient (first-order MAML):
+it flows to the initial parameters along the identity path only.
 """
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
 import functools
 import inspect
 import sys
+import threading
 import time
-from collections.abc import Callable
+import types
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
+
+from optcompile.errors import LoweringError
 from optcompile.lowering.backends import _check_name
+from optcompile.lowering.backends.inductor import availability
 
 __all__ = ["optcompile", "current_backend", "first_order_active"]
 
@@ -44,34 +68,55 @@ class _Settings:
     first_order: bool
 
 
-_active: contextvars.ContextVar[_Settings | None] = contextvars.ContextVar(
-    "optcompile_settings", default=None
-)
+# The settings of the active @optcompile calls, innermost last, per thread. A thread-local
+# stack rather than a ContextVar: Dynamo traces reads of it (and guards on them) inside a
+# compiled step, where it cannot trace ContextVar.get.
+_local = threading.local()
+
+
+def _innermost() -> _Settings | None:
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
 
 
 def current_backend() -> str | None:
     """The backend chosen by the innermost active ``@optcompile`` call, if any."""
-    settings = _active.get()
+    settings = _innermost()
     return None if settings is None else settings.backend
 
 
 def first_order_active() -> bool:
     """Whether the innermost active ``@optcompile`` call asked for first-order steps."""
-    settings = _active.get()
+    settings = _innermost()
     return settings is not None and settings.first_order
 
 
+@contextlib.contextmanager
+def _activated(settings: _Settings) -> Iterator[None]:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    _local.stack.append(settings)
+    try:
+        yield
+    finally:
+        _local.stack.pop()
+
+
 def optcompile(fn: F | None = None, *, backend: str = "inductor", first_order: bool = False) -> Any:
-    """Decorate an inner loop so its optimizer steps run fused on ``backend``.
+    """Compile a functional inner step whole, or run an inner loop's steps fused.
 
     Args:
         fn: the function (usable as ``@optcompile`` or ``@optcompile(...)``).
-        backend: ``"inductor"``, ``"native"``, ``"eager"`` or ``"auto"``.
+        backend: ``"inductor"`` (default) or ``"auto"``: compile (a functional step whole; the
+            optimizer steps of an object-oriented loop); ``"eager"`` or ``"native"``: no
+            compile of the user's code, steps on that backend.
         first_order: do not differentiate through the updates (first-order MAML).
 
     Raises:
         ValueError: an unknown backend name.
         TypeError: ``first_order`` is not a bool, or ``fn`` is a generator or coroutine function.
+        LoweringError: (at the call) the functional step cannot be traced as one graph; the
+            message says why and what to change.
     """
     _check_name(backend)
     if not isinstance(first_order, bool):
@@ -85,22 +130,126 @@ def optcompile(fn: F | None = None, *, backend: str = "inductor", first_order: b
                 f"{function.__qualname__}: its body runs after the call returns, outside the "
                 f"decorator's settings; decorate a plain function that runs the inner loop"
             )
+        settings = _Settings(backend, first_order)
+        whole = _WholeStep(function, backend)
         first_call = [True]
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = _active.set(_Settings(backend, bool(first_order)))
-            try:
+            if not _object_oriented(args, kwargs):
+                return whole(settings, *args, **kwargs)
+            with _activated(settings):
                 if not first_call[0]:
                     return function(*args, **kwargs)
                 first_call[0] = False
                 return _first_call(function, args, kwargs)
-            finally:
-                _active.reset(token)
 
+        wrapper.compiled = whole  # type: ignore[attr-defined]  # for stats and tests
         return wrapper  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)
+
+
+def _object_oriented(args: tuple, kwargs: dict) -> bool:
+    """Whether the call passes a module or a meta-optimizer (then steps use autograd.grad)."""
+    from optcompile.optim.meta import MetaOptimizer
+
+    values = (*args, *kwargs.values())
+    return any(isinstance(v, torch.nn.Module | MetaOptimizer) for v in values)
+
+
+class _WholeStep:
+    """A functional step compiled by ``torch.compile`` (Inductor, one graph, no graph breaks)."""
+
+    def __init__(self, function: Callable[..., Any], backend: str) -> None:
+        self.function = function
+        self.backend = backend
+        self._compiled: Callable[..., Any] | None = None
+        self.calls = 0
+
+    def _build(self, args: tuple, kwargs: dict) -> Callable[..., Any]:
+        if self.backend not in ("inductor", "auto"):
+            return self.function
+        device = _first_device(args, kwargs)
+        reason = availability(device)
+        if reason is not None:
+            warnings.warn(
+                f"optcompile: @optcompile cannot compile {self.function.__qualname__} with "
+                f"Inductor ({reason}); running it eagerly (same results)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return self.function
+        from optcompile.lowering import cache
+
+        cache.configure()
+        # Dynamo keeps compiled graphs per code object, and counts recompiles against a limit
+        # per code object: a function decorated again (a closure over another optimizer, say)
+        # gets its own copy of the code, so it never shares, nor evicts, another's graphs.
+        own = types.FunctionType(
+            self.function.__code__.replace(),
+            self.function.__globals__,
+            self.function.__name__,
+            self.function.__defaults__,
+            self.function.__closure__,
+        )
+        own.__kwdefaults__ = self.function.__kwdefaults__
+        return torch.compile(own, backend="inductor", fullgraph=True)
+
+    def __call__(self, settings: _Settings, *args: Any, **kwargs: Any) -> Any:
+        if self._compiled is None:
+            self._compiled = self._build(args, kwargs)
+        self.calls += 1
+        if self._compiled is self.function:  # not compiled: the steps run on their backend
+            backend = "eager" if settings.backend in ("inductor", "auto") else settings.backend
+            with _activated(_Settings(backend, settings.first_order)):
+                return self.function(*args, **kwargs)
+        with _activated(settings):
+            return self._run_compiled(args, kwargs)
+
+    def _run_compiled(self, args: tuple, kwargs: dict) -> Any:
+        assert self._compiled is not None
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                # Dynamo's notes on the code it traces are not the user's business, nor is a
+                # deprecation that Dynamo triggers itself when it traces an autograd.Function.
+                warnings.simplefilter("ignore", UserWarning)
+                warnings.filterwarnings(
+                    "ignore", message=".*should not be instantiated", category=DeprecationWarning
+                )
+                result = self._compiled(*args, **kwargs)
+        except torch._dynamo.exc.Unsupported as err:
+            raise LoweringError(_explain_unsupported(self.function, err)) from None
+        seconds = time.perf_counter() - start
+        if self.calls <= 2 and seconds > 2.0:
+            print(
+                f"optcompile: compiled {self.function.__qualname__} (model, inner gradient, "
+                f"update and their backward) in {seconds:.1f} s; later calls reuse it",
+                file=sys.stderr,
+            )
+        return result
+
+
+def _first_device(args: tuple, kwargs: dict) -> torch.device:
+    import optree
+
+    for leaf in optree.tree_leaves((args, kwargs)):
+        if isinstance(leaf, torch.Tensor):
+            return leaf.device
+    return torch.device("cpu")
+
+
+def _explain_unsupported(function: Callable[..., Any], err: Exception) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    where = next((line.strip() for line in lines if line.strip().startswith("File ")), "")
+    return (
+        f"@optcompile cannot compile {function.__qualname__} as one graph: {lines[0]}"
+        f"{' (' + where + ')' if where else ''}. A compiled step must be traceable: no Python "
+        f"branches on tensor values (use torch.where), no .item()/print of tensors, tensors "
+        f"or pytrees of tensors as arguments. Make that part traceable, move it out of the "
+        f"decorated function, or decorate with @optcompile(backend='eager')."
+    )
 
 
 def _first_call(function: Callable, args: tuple, kwargs: dict) -> Any:

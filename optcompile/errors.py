@@ -37,7 +37,10 @@ class HyperparameterError(OptCompileError, ValueError):
 
 
 class LoweringError(OptCompileError, RuntimeError):
-    """A backend cannot lower a rule; the message names the backend and a fallback."""
+    """Code cannot be lowered as asked: ``@optcompile`` cannot trace a step as one graph.
+
+    The message names the function, the construct that stopped the trace, and what to change.
+    """
 
 
 class InternalError(OptCompileError, RuntimeError):

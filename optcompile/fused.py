@@ -26,7 +26,7 @@ import torch
 from optcompile.base import GradientTransformation
 from optcompile.decorator import current_backend, first_order_active
 from optcompile.lowering.autograd import apply_kernel, transforms_active
-from optcompile.lowering.backends import _check_name, select_backend
+from optcompile.lowering.backends import _check_name, get_backend, select_backend
 from optcompile.lowering.compose import compose
 from optcompile.lowering.kernel import Kernel
 from optcompile.rule import Rule
@@ -61,7 +61,7 @@ class Member:
     def uses_statistic(self) -> bool:
         return any(isinstance(v, UpdatesStatistic) for _, v in self.hypers)
 
-    @property
+    @functools.cached_property
     def state_type(self) -> type:
         """The rule's state type, with a step ``count`` when the rule or a schedule needs one."""
         needs_count = bool(self.rule.ir.counts) or any(_is_schedule(v) for _, v in self.hypers)
@@ -80,9 +80,16 @@ def _fused_kernel(rules: tuple[Rule, ...]) -> Kernel:
 
 
 def _kernel_for(tx: RuleTransformation, apply: bool) -> Kernel:
-    """The unit's kernel; with ``apply`` its update output is the new parameter ``p + u``."""
-    rules = tuple(m.rule for m in tx.members)
-    return _fused_kernel(rules + (apply_update,) if apply else rules)
+    """The unit's kernel; with ``apply`` its update output is the new parameter ``p + u``.
+
+    Kept on the transformation, so that inside a torch.compile region (where building a kernel
+    from sympy cannot be traced) the step only reads it; ``init`` builds both beforehand.
+    """
+    kernel = tx.kernels.get(apply)
+    if kernel is None:
+        rules = tuple(m.rule for m in tx.members)
+        kernel = tx.kernels[apply] = _fused_kernel(rules + (apply_update,) if apply else rules)
+    return kernel
 
 
 class RuleTransformation(GradientTransformation):
@@ -93,13 +100,14 @@ class RuleTransformation(GradientTransformation):
 
     members: tuple[Member, ...]
     backend: str | None
+    kernels: dict[bool, Kernel]  # by ``apply`` (see _kernel_for)
 
     def __new__(cls, members: Sequence[Member], backend: str | None) -> RuleTransformation:
         members = tuple(members)
         single = len(members) == 1
 
         def init(params: Any) -> Any:
-            states = _init_states(members, params)
+            states = self.init_states(params)
             return states[0] if single else tuple(states)
 
         def update(
@@ -114,6 +122,7 @@ class RuleTransformation(GradientTransformation):
         self = super().__new__(cls, init, update)
         self.members = members
         self.backend = backend
+        self.kernels = {}
         return self
 
     @property
@@ -122,7 +131,10 @@ class RuleTransformation(GradientTransformation):
         return _fused_kernel(tuple(m.rule for m in self.members))
 
     def init_states(self, params: Any) -> list[Any]:
-        """One initial state per member."""
+        """One initial state per member (and the kernels a traced step reads, built once)."""
+        if not torch.compiler.is_compiling():
+            for apply in (False, True):
+                _kernel_for(self, apply).prepare_for_tracing()
         return _init_states(self.members, params)
 
     def update_states(
@@ -329,6 +341,8 @@ def _scalar(
             f"a schedule must return a number or a 1-element tensor; {value!r} returned "
             f"{type(result).__name__} {getattr(result, 'shape', '')} at count {count}"
         )
+    if torch.compiler.is_compiling():  # a constant of the traced graph
+        return torch.tensor(float(value), dtype=dtype, device=device)
     return _constant(float(value), device, dtype)
 
 
@@ -373,6 +387,34 @@ def _groups_by_count(states: list[Any], active: list[int]) -> dict[tuple[int, ..
     return groups
 
 
+def _traced_counts(states: list[Any], active: list[int]) -> dict[tuple[Any, ...], list[int]]:
+    """Under torch.compile: one group of all active leaves, counts as traced 0-d tensors.
+
+    Reading counts as Python ints would bake the step number into the graph (a recompile per
+    step). Leaves share one count unless some skipped steps (a None update), which a traced
+    graph cannot branch on: an assertion inside the graph says so instead of a wrong result.
+    """
+    key = []
+    for state in states:
+        if "count" not in state._fields:
+            continue
+        counts = torch.stack([state.count[i] for i in active])
+        torch._assert_async(
+            (counts == counts[0]).all(),
+            "optcompile: parameter leaves at different step counts (some had None updates) "
+            "cannot share a compiled step; run this step outside torch.compile",
+        )
+        key.append(counts[0])
+    return {tuple(key): list(active)}
+
+
+def _count_scalar(count: int | torch.Tensor, dtype: torch.dtype, device: torch.device) -> Any:
+    """The 1-based step as a 0-d tensor (``count`` is the number of steps taken so far)."""
+    if isinstance(count, torch.Tensor):
+        return (count + 1).to(device=device, dtype=dtype)
+    return torch.tensor(float(count + 1), dtype=dtype, device=device)
+
+
 def _step(
     tx: RuleTransformation,
     updates: Any,
@@ -407,7 +449,12 @@ def _step(
     device = leaves[active[0]].device
     all_updates = [leaves[i] for i in active]
     elements = sum(u.numel() for u in all_updates)
-    backend = select_backend(requested, kernel, device, elements)
+    compiling = torch.compiler.is_compiling()
+    # Inside a torch.compile region the step is traced into the caller's graph (see
+    # lowering.autograd.apply_kernel): no backend of its own, no per-step Python decisions.
+    backend = (
+        get_backend("eager") if compiling else select_backend(requested, kernel, device, elements)
+    )
     dtype = _scalar_dtype(all_updates)
     # Statistics of the incoming updates (a clip coefficient) are over all leaves, once.
     hypers = [
@@ -421,7 +468,8 @@ def _step(
         for member, state in zip(members, states, strict=True)
         for b in member.rule.ir.state
     ]
-    for count_key, group in _groups_by_count(states, active).items():
+    groups = _traced_counts(states, active) if compiling else _groups_by_count(states, active)
+    for count_key, group in groups.items():
         counts = iter(count_key)
         member_counts = [next(counts) if "count" in s._fields else 0 for s in states]
         tensor_lists = [[leaves[i] for i in group], *([c[i] for i in group] for c in columns)]
@@ -434,7 +482,7 @@ def _step(
         ]
         # Each member that reads count gets its own (states of a chain may be reset apart).
         scalars += [
-            torch.tensor(float(count + 1), dtype=dtype, device=device)
+            _count_scalar(count, dtype, device)
             for member, count in zip(members, member_counts, strict=True)
             if member.rule.ir.counts
         ]

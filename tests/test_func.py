@@ -341,3 +341,20 @@ def test_meta_optimizer_inside_vmap_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match=r"MetaSGD\.step.*torch\.func.*functional"):
         vmap(task)(xs, ys)
+
+
+def test_the_maml_vmap_example_matches_its_loop():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "maml_vmap.py"
+    spec = importlib.util.spec_from_file_location("maml_vmap", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    net = example.make_net().double()
+    params = {k: v.detach().requires_grad_() for k, v in net.named_parameters()}
+    data = tuple(d.double() for d in example.sample_tasks())
+    batched = example.meta_gradient_vmap(net, params, data)
+    looped = example.meta_gradient_loop(net, params, data)
+    for a, b in zip(batched, looped, strict=True):
+        torch.testing.assert_close(a, b, **TOL)

@@ -44,7 +44,7 @@ from optcompile.lowering.backends.base import Backend, ForwardFn, TensorLists, V
 from optcompile.lowering.backends.eager import run_forward, run_vjp
 from optcompile.lowering.kernel import Kernel, Variant
 
-__all__ = ["InductorBackend", "simulate_failure", "DISABLE_ENV_VAR"]
+__all__ = ["InductorBackend", "availability", "simulate_failure", "DISABLE_ENV_VAR"]
 
 DISABLE_ENV_VAR = "OPTCOMPILE_DISABLE_INDUCTOR"
 _T = TypeVar("_T")
@@ -261,6 +261,18 @@ def _layout(flat: Sequence[torch.Tensor]) -> tuple[Any, ...]:
     return tuple((t.shape, t.stride(), t.dtype, t.device) for t in flat)
 
 
+def availability(device: torch.device) -> str | None:
+    """None if Inductor compiles on ``device`` here, else the reason it does not.
+
+    Honours ``OPTCOMPILE_DISABLE_INDUCTOR`` and :func:`simulate_failure`; the probe runs once
+    per device type.
+    """
+    flag = os.environ.get(DISABLE_ENV_VAR, "").strip().lower()
+    if flag not in ("", "0", "false", "no", "off"):
+        return f"disabled by {DISABLE_ENV_VAR}"
+    return _Probe.reason(torch.device(device))
+
+
 class InductorBackend(Backend):
     """Runs each kernel as one Inductor-compiled graph per call over all leaves."""
 
@@ -273,10 +285,7 @@ class InductorBackend(Backend):
         self._lock = threading.RLock()
 
     def supports(self, kernel: Kernel, device: torch.device) -> str | None:
-        flag = os.environ.get(DISABLE_ENV_VAR, "").strip().lower()
-        if flag not in ("", "0", "false", "no", "off"):
-            return f"disabled by {DISABLE_ENV_VAR}"
-        return _Probe.reason(torch.device(device))
+        return availability(device)
 
     # Inside a user's torch.compile region, Dynamo traces the eager math into the user's own
     # graph, and Inductor fuses it there; a second compiler inside the first would only break

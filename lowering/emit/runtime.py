@@ -46,6 +46,14 @@ class _SafeSqrt(torch.autograd.Function):
         return tangent * sqrt_grad(x)
 
 
+class _TracedSafeSqrt(torch.autograd.Function):
+    """:class:`_SafeSqrt` inside ``torch.compile`` (Dynamo refuses a custom ``jvp``)."""
+
+    forward = staticmethod(_SafeSqrt.forward)
+    setup_context = staticmethod(_SafeSqrt.setup_context)
+    backward = staticmethod(_SafeSqrt.backward)
+
+
 def _transforms_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
@@ -53,6 +61,8 @@ def _transforms_active() -> bool:
 def sqrt(x: Value) -> Value:
     if not isinstance(x, torch.Tensor):
         return math.sqrt(x)
+    if torch.compiler.is_compiling():
+        return cast(torch.Tensor, _TracedSafeSqrt.apply(x))  # type: ignore[no-untyped-call]
     if torch.is_grad_enabled() and (x.requires_grad or _transforms_active()):
         return cast(torch.Tensor, _SafeSqrt.apply(x))  # type: ignore[no-untyped-call]
     return torch.sqrt(x)
@@ -106,8 +116,17 @@ def minimum(a: Value, b: Value) -> Value:
 
 
 def max_tie_grad(a: Value, b: Value) -> Value:
-    """d max(a, b) / da: 1 where a > b, 1/2 at a tie, 0 elsewhere."""
-    return where(a > b, 1.0, where(a == b, 0.5, 0.0))
+    """d max(a, b) / da: 1 where a > b, 1/2 at a tie, 0 elsewhere, in the inputs' dtype.
+
+    Not ``where(a > b, 1.0, ...)``: with two number branches that is a float32 tensor, and a
+    float32 tensor times a 0-d float64 hyper-parameter stays float32 (0-d tensors do not
+    promote), which rounded AdaMax's float64 VJP to float32 precision.
+    """
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        return 1.0 if a > b else (0.5 if a == b else 0.0)
+    a, b = _as_tensors(a, b)
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return (a > b).to(dtype) + 0.5 * (a == b).to(dtype)
 
 
 def where(condition: torch.Tensor | bool, if_true: Value, if_false: Value) -> Value:

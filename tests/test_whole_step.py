@@ -1,0 +1,178 @@
+"""``@optcompile`` on a functional inner step: the whole step compiled by torch.compile.
+
+Model forward, loss, ``torch.func.grad``, the fused update and their backward run as one
+Inductor graph per layout (first step, later steps). The reference is the same function run
+eagerly (optcompile's eager backend): float64 meta-gradients through K compiled steps must
+equal it to 1e-10, with no NaN for a parameter whose gradient is exactly zero. Every test
+compiles (marker ``compile``): about 5-15 s per optimizer in an empty cache on this host.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, grad
+
+import optcompile
+from optcompile.lowering.backends.inductor import availability, simulate_failure
+
+pytestmark = pytest.mark.compile
+K = 3
+TOL = {"rtol": 1e-10, "atol": 1e-12}
+ALIASES = {
+    "sgd": lambda lr: optcompile.sgd(lr, momentum=0.9, nesterov=True),
+    "adam": lambda lr: optcompile.adam(lr),
+    "adamw": lambda lr: optcompile.adamw(lr, weight_decay=0.1),
+    "adamax": lambda lr: optcompile.adamax(lr),
+    "adagrad": lambda lr: optcompile.adagrad(lr, lr_decay=0.01),
+    "adadelta": lambda lr: optcompile.adadelta(lr * 10),
+    "radam": lambda lr: optcompile.radam(lr),
+    "rmsprop": lambda lr: optcompile.rmsprop(lr, momentum=0.5, centered=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def _needs_inductor():
+    if (reason := availability(torch.device("cpu"))) is not None:
+        pytest.skip(f"Inductor is not available here: {reason}")
+
+
+def _problem(seed: int = 0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    net = net.double()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    # Multiplied by zero in the loss: its gradient is exactly 0 at every step (Adam's sqrt(nu)
+    # at 0, where a textbook derivative gives inf * 0 = NaN).
+    params["dead"] = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    data = [torch.randn(8, d, generator=generator, dtype=torch.float64) for d in (3, 1, 3, 1)]
+    return net, params, data
+
+
+def _loss(net, params, x, y):
+    weights = {k: v for k, v in params.items() if k != "dead"}
+    return ((functional_call(net, weights, (x,)) - y) ** 2).mean() + 0.0 * params["dead"].sum()
+
+
+def _make_step(net, tx):
+    def inner_step(params, state, x, y):
+        grads = grad(lambda p: _loss(net, p, x, y))(params)
+        updates, state = tx.update(grads, state, params=params, inplace=False)
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+    return inner_step
+
+
+def _meta_gradient(step, tx, net, params, data):
+    x, y, xq, yq = data
+    fast, state = params, tx.init(params)
+    for _ in range(K):
+        fast, state = step(fast, state, x, y)
+    return torch.autograd.grad(_loss(net, fast, xq, yq), list(params.values()))
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_compiled_step_meta_gradients_equal_eager(name):
+    net, params, data = _problem()
+    tx = ALIASES[name](0.1)
+    plain = _make_step(net, tx)
+    compiled = optcompile.optcompile(plain)
+    got = _meta_gradient(compiled, tx, net, params, data)
+    want = _meta_gradient(plain, tx, net, params, data)
+    for g, w in zip(got, want, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, **TOL)
+    assert got[-1].abs().sum() == 0  # the dead parameter: exactly zero, not NaN
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_no_recompile_for_new_steps_data_or_learning_rate_values():
+    net, params, (x, y, xq, yq) = _problem()
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    tx = optcompile.adam(lr)
+    step = optcompile.optcompile(_make_step(net, tx))
+    fast, state = params, tx.init(params)
+    for _ in range(2):  # the first step and a later one: the two layouts
+        fast, state = step(fast, state, x, y)
+    before = _graphs()
+    generator = torch.Generator().manual_seed(5)
+    for k in range(6):
+        lr.fill_(0.05 * (k + 1))  # a new value of a tensor hyper-parameter
+        batch = [torch.randn_like(t, generator=generator) for t in (x, y)]  # new data
+        fast, state = step(fast, state, *batch)  # and new step counts
+    assert _graphs() == before
+    assert int(state[0].count[0]) == 8
+
+
+def test_first_order_equals_first_order_maml():
+    net, params, (x, y, xq, yq) = _problem()
+    tx = optcompile.sgd(0.1)
+    step = optcompile.optcompile(_make_step(net, tx), first_order=True)
+    fast, state = params, tx.init(params)
+    for _ in range(K):
+        fast, state = step(fast, state, x, y)
+    got = torch.autograd.grad(_loss(net, fast, xq, yq), list(params.values()))
+    # First-order MAML: the gradient of the query loss at the adapted parameters.
+    reference = {k: v.detach().clone() for k, v in params.items()}
+    for _ in range(K):
+        grads = grad(lambda p: _loss(net, p, x, y))(reference)
+        reference = {k: v - 0.1 * grads[k] for k, v in reference.items()}
+    adapted = {k: v.requires_grad_() for k, v in reference.items()}
+    want = torch.autograd.grad(_loss(net, adapted, xq, yq), list(adapted.values()))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_without_inductor_the_same_results_eagerly_with_one_warning():
+    net, params, data = _problem()
+    tx = optcompile.adam(0.1)
+    plain = _make_step(net, tx)
+    want = _meta_gradient(plain, tx, net, params, data)
+    with simulate_failure("probe", "no compiler here"):
+        step = optcompile.optcompile(plain)
+        with pytest.warns(RuntimeWarning, match=r"cannot compile .*inner_step .*no compiler here"):
+            got = _meta_gradient(step, tx, net, params, data)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_python_branch_on_a_tensor_value_is_a_clear_error():
+    net, params, (x, y, _, _) = _problem()
+    tx = optcompile.sgd(0.1)
+
+    @optcompile.optcompile
+    def branching_step(params, state, x, y):
+        grads = grad(lambda p: _loss(net, p, x, y))(params)
+        if grads["0.weight"].sum() > 0:  # Python control flow on a tensor's value
+            grads = {k: -g for k, g in grads.items()}
+        updates, state = tx.update(grads, state, inplace=False)
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+    with pytest.raises(optcompile.LoweringError, match=r"branching_step .*one graph.*torch\.where"):
+        branching_step(params, tx.init(params), x, y)
+
+
+def test_object_oriented_loops_keep_running_fused_steps():
+    """A MetaOptimizer among the arguments: steps on the backend, the user's code eager."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    @optcompile.optcompile(backend="eager")
+    def inner_loop(net, optimizer):
+        for _ in range(2):
+            optimizer.step((net(x) ** 2).mean())
+
+    reference = torch.nn.Linear(3, 1).double()
+    reference.load_state_dict(net.state_dict())
+    inner_loop(net, optcompile.MetaAdam(net, lr=0.1))
+    plain = optcompile.MetaAdam(reference, lr=0.1)
+    for _ in range(2):
+        plain.step((reference(x) ** 2).mean())
+    torch.testing.assert_close(net.weight, reference.weight, **TOL)
