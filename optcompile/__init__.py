@@ -10,6 +10,7 @@ from optcompile import (
     base,
     clip,
     combine,
+    distributed,
     hook,
     optim,
     pytree,
@@ -100,6 +101,6 @@ __all__ = [
     # errors
     "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
     # submodules
-    "accelerated_op", "alias", "base", "clip", "combine", "hook", "optim", "pytree", "schedule",
-    "state", "transform", "typing", "update", "utils", "visual",
+    "accelerated_op", "alias", "base", "clip", "combine", "distributed", "hook", "optim", "pytree",
+    "schedule", "state", "transform", "typing", "update", "utils", "visual",
 ]  # fmt: skip

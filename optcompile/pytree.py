@@ -14,6 +14,8 @@ import optree
 import torch
 from optree import *  # noqa: F403 - the whole optree API, as TorchOpt re-exports it
 
+from optcompile.distributed.tree import tree_as_rref, tree_to_here, tree_wait
+
 __all__ = [
     *optree.__all__,
     "tree_flatten_as_tuple",
@@ -28,6 +30,9 @@ __all__ = [
     "tree_scalar_mul",
     "tree_truediv",
     "tree_vdot_real",
+    "tree_wait",
+    "tree_as_rref",
+    "tree_to_here",
 ]
 
 
