@@ -9,12 +9,18 @@ silently keeps its own meta-gradient (measured: ranks disagree by up to 1.1 afte
 from __future__ import annotations
 
 import gc
+import weakref
 
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["check_not_ddp_wrapped"]
+
+# Modules already found unwrapped. A scan costs tens of milliseconds and MAML loops build a
+# meta-optimizer on the same module once per task, so each module is scanned once; DDP wraps a
+# model once, before the training loop builds meta-optimizers on it.
+_unwrapped: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _ddp_wrapping(module: nn.Module) -> bool:
@@ -43,14 +49,19 @@ def check_not_ddp_wrapped(module: nn.Module) -> None:
     """Raise if ``module`` is the ``.module`` of a ``DistributedDataParallel``.
 
     Free when no process group is initialised (DDP cannot exist then) or when ``module`` is the
-    DDP wrapper itself (the inner loop then runs through ``ddp.forward``, which DDP syncs).
+    DDP wrapper itself (the inner loop then runs through ``ddp.forward``, which DDP syncs). A
+    module found unwrapped is not scanned again, so wrap it in DDP before building a
+    meta-optimizer on it (as training scripts do) for the check to see the wrapper.
 
     Raises:
         ValueError: ``module`` is wrapped by a DDP; the message gives the two correct set-ups.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    if isinstance(module, DistributedDataParallel) or not _ddp_wrapping(module):
+    if isinstance(module, DistributedDataParallel) or module in _unwrapped:
+        return
+    if not _ddp_wrapping(module):
+        _unwrapped.add(module)
         return
     raise ValueError(
         f"this meta-optimizer was given the .module ({type(module).__name__}) of a "

@@ -1,0 +1,432 @@
+"""optcompile.distributed: data-parallel meta-gradients equal one process over all tasks.
+
+Two processes on 127.0.0.1 (gloo; RPC over TensorPipe on the loopback), spawned from the test.
+Process start-up costs seconds, so each spawned run checks several things; every run has a
+process-group or RPC timeout and a join deadline after which the ranks are killed.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import torch
+import torch.distributed as dist
+from _spawn import run_ranks, values
+from torch import nn
+
+import optcompile
+from optcompile import distributed as od
+
+PG_TIMEOUT = datetime.timedelta(seconds=20)
+INNER_STEPS = 3
+META_OPTIMIZERS = {
+    "MetaSGD": {"lr": 0.1, "momentum": 0.5},
+    "MetaAdam": {"lr": 0.05},
+    "MetaAdamW": {"lr": 0.05},
+    "MetaRMSProp": {"lr": 0.02, "momentum": 0.3},
+    "MetaAdaGrad": {"lr": 0.1},
+    "MetaAdaDelta": {"lr": 1.0},
+    "MetaAdamax": {"lr": 0.05},
+    "MetaRAdam": {"lr": 0.05},
+}
+
+
+def test_every_meta_optimizer_is_covered():
+    exported = {
+        name for name in optcompile.__all__ if name.startswith("Meta") and name != "MetaOptimizer"
+    }
+    # TorchOpt spells some names two ways (MetaAdaGrad/MetaAdagrad): one class, one entry here.
+    classes = {getattr(optcompile, name) for name in exported}
+    assert classes == {getattr(optcompile, name) for name in META_OPTIMIZERS}
+
+
+# --- the problem every rank and the one-process reference solve -------------------------------
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+
+
+def _tasks(n: int) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        tuple(torch.randn(6, d, generator=g, dtype=torch.float64) for d in (3, 2, 3, 2))
+        for _ in range(n)
+    ]
+
+
+def _task_loss(net: nn.Module, opt_name: str, task, forward=None) -> torch.Tensor:
+    """K inner steps on the support set, then the query loss (the graph reaches net's params)."""
+    forward = net if forward is None else forward
+    x, y, xq, yq = task
+    state = optcompile.extract_state_dict(net, by="reference")
+    inner = getattr(optcompile, opt_name)(forward, **META_OPTIMIZERS[opt_name])
+    for _ in range(INNER_STEPS):
+        inner.step(((forward(x) - y) ** 2).mean())
+    loss = ((forward(xq) - yq) ** 2).mean()
+    optcompile.recover_state_dict(net, state)
+    return loss
+
+
+def _reference_grads(opt_name: str, tasks) -> list[torch.Tensor]:
+    """One process over all tasks, the loss averaged over them."""
+    net = _net()
+    torch.stack([_task_loss(net, opt_name, t) for t in tasks]).mean().backward()
+    return [p.grad.clone() for p in net.parameters()]
+
+
+def _init_gloo(rank: int, world: int) -> None:
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=PG_TIMEOUT)
+
+
+# --- data parallel: every Meta*, even and uneven shares, hook counts ---------------------------
+
+
+def _data_parallel_worker(rank: int, world: int) -> dict:
+    optcompile.set_default_backend("eager")
+    _init_gloo(rank, world)
+    errors: dict[str, float] = {}
+    hook_report = {}
+    for num_tasks in (4, 5):  # 2/2 and 3/2
+        tasks = _tasks(num_tasks)
+        shard = od.shard_tasks(num_tasks)
+        for i, name in enumerate(META_OPTIMIZERS):
+            expected = _reference_grads(name, tasks)
+            net = _net()
+            # A tiny bucket cap in one case: several buckets, launched while backward runs.
+            bucket_mb = 1e-4 if i % 2 else 25
+            with od.sync_meta_gradients(net, bucket_mb=bucket_mb) as sync:
+                losses = [_task_loss(net, name, t) for t in shard.select(tasks)]
+                inner_calls = sum(sync.hook_calls)  # inner steps ran: no hook may have fired
+                shard.mean_loss(losses).backward()
+                calls = list(sync.hook_calls)
+                buckets = len(sync.buckets)
+            got = [p.grad for p in net.parameters()]
+            errors[f"{name}/{num_tasks}"] = max(
+                (a - b).abs().max().item() for a, b in zip(got, expected, strict=True)
+            )
+            hook_report[f"{name}/{num_tasks}"] = (inner_calls, calls, buckets)
+    # A second outer iteration: each hook fires once more, and the sum op adds the ranks.
+    net = _net()
+    tasks = _tasks(4)
+    sync = od.sync_meta_gradients(net, op="sum")
+    for _ in range(2):
+        net.zero_grad()
+        loss = torch.stack([_task_loss(net, "MetaSGD", t) for t in od.shard_tasks(4).select(tasks)])
+        loss.sum().backward()
+    sum_calls = list(sync.hook_calls)
+    expected = _reference_grads("MetaSGD", tasks)
+    sum_error = max(
+        (p.grad - 4 * e).abs().max().item() for p, e in zip(net.parameters(), expected, strict=True)
+    )
+    dist.destroy_process_group()
+    return {"errors": errors, "hooks": hook_report, "sum_calls": sum_calls, "sum_error": sum_error}
+
+
+@pytest.fixture(scope="module")
+def data_parallel():
+    return values(run_ranks(_data_parallel_worker))
+
+
+def test_meta_gradients_equal_one_process_over_all_tasks(data_parallel):
+    for rank, result in enumerate(data_parallel):
+        for case, error in result["errors"].items():
+            assert error < 1e-10, f"rank {rank}, {case}: max |sync - one process| = {error}"
+
+
+def test_hooks_fire_once_per_meta_parameter_per_outer_backward_never_in_inner_steps(
+    data_parallel,
+):
+    for result in data_parallel:
+        for case, (inner_calls, calls, buckets) in result["hooks"].items():
+            assert inner_calls == 0, case
+            assert calls == [1] * 4, case
+            assert buckets >= 1
+        assert any(b > 1 for _, _, b in result["hooks"].values())  # the tiny bucket cap split
+        assert result["sum_calls"] == [2] * 4
+
+
+def test_sum_op_adds_the_ranks(data_parallel):
+    # rank losses are sums over 2 tasks each; summed over ranks: the sum over 4 tasks
+    for result in data_parallel:
+        assert result["sum_error"] < 1e-10
+
+
+# --- DDP: the .module trap raises; the wrapper used through forward is exact ------------------
+
+
+def _ddp_worker(rank: int, world: int) -> dict:
+    optcompile.set_default_backend("eager")
+    _init_gloo(rank, world)
+    net = _net()
+    ddp = nn.parallel.DistributedDataParallel(net)
+    try:
+        optcompile.MetaSGD(ddp.module, lr=0.1)
+        trap = None
+    except ValueError as error:
+        trap = str(error)
+    tasks = _tasks(5)
+    shard = od.shard_tasks(len(tasks))
+    # Through forward: the meta-optimizer holds the wrapper and every call goes through ddp(x).
+    losses = [_task_loss(net, "MetaSGD", t, forward=ddp) for t in shard.select(tasks)]
+    shard.mean_loss(losses).backward()
+    expected = _reference_grads("MetaSGD", tasks)
+    error = max(
+        (p.grad - e).abs().max().item() for p, e in zip(net.parameters(), expected, strict=True)
+    )
+    dist.destroy_process_group()
+    return {"trap": trap, "error": error}
+
+
+@pytest.fixture(scope="module")
+def ddp_results():
+    return values(run_ranks(_ddp_worker))
+
+
+def test_meta_optimizer_on_ddp_module_raises(ddp_results):
+    for result in ddp_results:
+        assert result["trap"] is not None
+        assert "DistributedDataParallel" in result["trap"]
+        assert "sync_meta_gradients" in result["trap"]
+
+
+def test_plain_ddp_through_forward_equals_one_process(ddp_results):
+    for result in ddp_results:
+        assert result["error"] < 1e-10
+
+
+# --- faults: one rank raising in its inner loop fails every rank, nothing hangs ----------------
+
+
+def _fault_worker(rank: int, world: int) -> None:
+    optcompile.set_default_backend("eager")
+    _init_gloo(rank, world)
+    net = _net()
+    od.sync_meta_gradients(net)
+    tasks = _tasks(4)
+    losses = []
+    for index in od.shard_tasks(4):
+        if rank == 1:
+            raise FloatingPointError(f"task {index} diverged in the inner loop")
+        losses.append(_task_loss(net, "MetaAdam", tasks[index]))
+    torch.stack(losses).mean().backward()
+
+
+def test_a_rank_raising_in_the_inner_loop_fails_every_rank():
+    results = run_ranks(_fault_worker, timeout=60)
+    assert results[1]["error"] == "FloatingPointError"
+    assert "diverged" in results[1]["message"]
+    assert results[0]["error"] == "RuntimeError", results[0]
+    assert "all-reduce of meta-gradients failed" in results[0]["message"]
+
+
+# --- TorchOpt's RPC API ------------------------------------------------------------------------
+
+
+def _square_mean(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return (x**2).mean(dim=0) * scale
+
+
+def _square_sum(x: torch.Tensor) -> torch.Tensor:
+    return (x**2).sum(dim=0)
+
+
+@od.parallelize(od.dim_partitioner(0), od.mean_reducer)
+def _parallel_square_mean(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return _square_mean(x, scale)
+
+
+@od.parallelize(od.dim_partitioner(1, exclusive=True, keepdim=False), od.sum_reducer)
+def _parallel_column_norms(x: torch.Tensor) -> torch.Tensor:
+    return (x**2).sum()
+
+
+@od.parallelize()  # batch partitioner, mean reducer
+def _parallel_default(x: torch.Tensor) -> torch.Tensor:
+    return (x**3).mean(dim=0)
+
+
+@od.rank_zero_only
+def _only_zero() -> int:
+    return od.get_rank()
+
+
+def _rpc_worker(rank: int, world: int) -> dict | None:
+    import torch.distributed.rpc as rpc
+
+    options = rpc.TensorPipeRpcBackendOptions(
+        num_worker_threads=4, rpc_timeout=20, _transports=["uv"], _channels=["basic"]
+    )
+
+    @od.auto_init_rpc(rpc_backend_options=options)
+    def main() -> dict | None:
+        info = od.get_world_info()
+        gated = _only_zero()
+        if rank != 0:
+            return {"info": tuple(info), "gated": gated}
+        torch.manual_seed(0)
+        x = torch.randn(8, 3, dtype=torch.float64)
+        out: dict = {"info": tuple(info), "gated": gated}
+        out["dim_mean"] = (_parallel_square_mean(x, 2.0) - _square_mean(x, 2.0)).abs().max().item()
+        out["exclusive_sum"] = (_parallel_column_norms(x) - (x**2).sum()).abs().item()
+        out["default"] = (_parallel_default(x) - (x**3).mean(dim=0)).abs().max().item()
+        parts = od.remote_sync_call(_square_sum, args=(x,), partitioner=od.batch_partitioner)
+        out["parts"] = [tuple(p.shape) for p in parts]
+        out["sum_reducer"] = (
+            (od.remote_sync_call(_square_sum, args=(x,), reducer="sum") - (x**2).sum(0))
+            .abs()
+            .max()
+            .item()
+        )
+        futures = {
+            "a": rpc.rpc_async(1, torch.add, args=(x, 1)),
+            "b": [rpc.rpc_async(0, torch.neg, args=(x,))],
+        }
+        waited = od.tree_wait(futures)
+        out["tree_wait"] = bool(torch.equal(waited["a"], x + 1) and torch.equal(waited["b"][0], -x))
+        out["rref"] = bool(torch.equal(od.tree_to_here(od.tree_as_rref({"x": x}))["x"], x))
+        for bad in (5, 7):  # a batch that two workers do not divide
+            try:
+                _parallel_square_mean(torch.ones(bad, 3), 1.0)
+            except ValueError as error:
+                out[f"bad_batch_{bad}"] = str(error)
+
+        # distributed autograd: the graph crosses processes; .grad as a local backward gives
+        w = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+        w_local = w.detach().clone().requires_grad_(True)
+        with od.autograd.context() as ctx:
+            remote = rpc.rpc_sync(1, _square_sum, args=(w,))
+            loss = (remote * torch.arange(1.0, 4.0, dtype=torch.float64)).sum()
+            loss = loss + _parallel_square_mean(w, 3.0).sum()
+            od.autograd.backward(ctx, loss)
+        local = (_square_sum(w_local) * torch.arange(1.0, 4.0, dtype=torch.float64)).sum()
+        (local + _square_mean(w_local, 3.0).sum()).backward()
+        out["dist_backward"] = (w.grad - w_local.grad).abs().max().item()
+        with od.autograd.context() as ctx:
+            (g,) = od.autograd.grad(ctx, rpc.rpc_sync(1, _square_sum, args=(w,)).sum(), w)
+        out["dist_grad"] = (g - 2 * w.detach()).abs().max().item()
+        return out
+
+    return main()
+
+
+@pytest.fixture(scope="module")
+def rpc_results():
+    return values(run_ranks(_rpc_worker))
+
+
+def test_world_info_and_rank_gates_under_rpc(rpc_results):
+    for rank, result in enumerate(rpc_results):
+        assert result["info"] == (rank, 2, rank, 2)
+        assert result["gated"] == (0 if rank == 0 else None)
+
+
+def test_parallelize_with_partitioners_and_reducers_equals_sequential(rpc_results):
+    out = rpc_results[0]
+    assert out["dim_mean"] < 1e-12
+    assert out["exclusive_sum"] < 1e-12
+    assert out["default"] < 1e-12
+    assert out["sum_reducer"] < 1e-12
+    assert out["parts"] == [(3,), (3,)]
+    assert out["tree_wait"] and out["rref"]
+
+
+def test_parallelize_rejects_a_batch_the_workers_do_not_divide(rpc_results):
+    for bad in (5, 7):
+        assert "does not split evenly over 2 workers" in rpc_results[0][f"bad_batch_{bad}"]
+
+
+def test_distributed_autograd_fills_grad_like_a_local_backward(rpc_results):
+    assert rpc_results[0]["dist_backward"] < 1e-12
+    assert rpc_results[0]["dist_grad"] < 1e-12
+
+
+# --- single-process checks: sharding and bad input ---------------------------------------------
+
+
+@pytest.mark.parametrize("num_tasks", [2, 5, 7, 8])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shards_cover_every_task_once_and_scale_to_the_global_mean(num_tasks, world):
+    if num_tasks < world:
+        return
+    shards = [od.shard_tasks(num_tasks, rank=r, world_size=world) for r in range(world)]
+    assert [i for s in shards for i in s] == list(range(num_tasks))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    losses = torch.arange(1.0, num_tasks + 1, dtype=torch.float64)
+    rank_mean = sum(s.mean_loss([losses[i] for i in s]) for s in shards) / world
+    assert torch.allclose(rank_mean, losses.mean(), rtol=0, atol=1e-14)
+
+
+BAD_INPUT = [
+    (lambda: od.shard_tasks(1, rank=0, world_size=2), ValueError, r"num_tasks=1 is smaller"),
+    (lambda: od.shard_tasks(4, rank=2, world_size=2), ValueError, r"rank=2 is not in a world"),
+    (lambda: od.sync_meta_gradients(_net(), op="max"), ValueError, r"op must be one of"),
+    (lambda: od.sync_meta_gradients(_net(), bucket_mb=0), ValueError, r"bucket_mb must be"),
+    (lambda: od.sync_meta_gradients(_net()), RuntimeError, r"init_process_group"),
+    (lambda: od.sync_meta_gradients(torch.ones(2)), TypeError, r"single tensor"),
+    (
+        lambda: od.sync_meta_gradients([torch.ones(2)]),
+        ValueError,
+        r"module_or_params\[0\] is not a leaf tensor that requires grad",
+    ),
+    (
+        lambda: od.dim_partitioner(0, workers=[0, 1])(torch.ones(5, 2)),
+        ValueError,
+        r"a batch of 5 along dim=0 does not split evenly over 2 workers",
+    ),
+    (
+        lambda: od.dim_partitioner(0, workers=[0, 1])(torch.ones(4, 2), torch.ones(3)),
+        ValueError,
+        r"disagree on the size of dim=0",
+    ),
+    (lambda: od.TensorDimensionPartitioner(0), ValueError, r"keepdim=False needs exclusive"),
+    (
+        lambda: od.remote_sync_call(_square_sum, args=(torch.ones(2),), reducer="max"),
+        ValueError,
+        r"unknown reducer 'max'",
+    ),
+    (lambda: od.parallelize(reducer=3), TypeError, r"reducer must be a callable"),
+    (lambda: od.on_rank(-1), ValueError, r"non-negative"),
+    (lambda: od.barrier(), RuntimeError, r"init_process_group or RPC"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_INPUT)
+def test_bad_input_is_a_clear_error(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_partitioners_split_as_documented():
+    x = torch.arange(12.0).reshape(6, 2)
+    parts = od.dim_partitioner(0, workers=[0, 1])(x, 7)
+    assert [(w, a[0].tolist(), a[1]) for w, a, _ in parts] == [
+        (0, x[:3].tolist(), 7),
+        (1, x[3:].tolist(), 7),
+    ]
+    parts = od.dim_partitioner(-1, exclusive=True, keepdim=False, workers=[0, 1])(x=x)
+    assert [(w, kw["x"].tolist()) for w, _, kw in parts] == [
+        (0, x[:, 0].tolist()),
+        (1, x[:, 1].tolist()),
+    ]
+    assert od.mean_reducer([torch.tensor(1.0), torch.tensor(3.0)]) == 2.0
+    assert od.sum_reducer([torch.tensor(1.0), torch.tensor(3.0)]) == 4.0
+
+
+def test_reachable_under_torchopt_names():
+    import optcompile as torchopt
+
+    assert torchopt.distributed.autograd.is_available()
+    assert torchopt.pytree.tree_as_rref is od.tree_as_rref
+    for name in (
+        "auto_init_rpc", "get_world_info", "get_world_rank", "get_rank", "get_world_size",
+        "get_local_rank", "get_local_world_size", "barrier", "on_rank", "not_on_rank",
+        "rank_zero_only", "rank_non_zero_only", "TensorDimensionPartitioner", "dim_partitioner",
+        "batch_partitioner", "mean_reducer", "sum_reducer", "remote_async_call",
+        "remote_sync_call", "parallelize", "parallelize_async", "parallelize_sync", "is_available",
+    ):  # fmt: skip
+        assert hasattr(torchopt.distributed, name), name
+    for name in ("context", "backward", "grad", "get_gradients", "is_available"):
+        assert hasattr(torchopt.distributed.autograd, name), name
