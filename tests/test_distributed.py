@@ -8,6 +8,8 @@ process-group or RPC timeout and a join deadline after which the ranks are kille
 from __future__ import annotations
 
 import datetime
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ import optcompile
 from optcompile import distributed as od
 
 PG_TIMEOUT = datetime.timedelta(seconds=20)
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 INNER_STEPS = 3
 META_OPTIMIZERS = {
     "MetaSGD": {"lr": 0.1, "momentum": 0.5},
@@ -75,6 +78,13 @@ def _reference_grads(opt_name: str, tasks) -> list[torch.Tensor]:
     net = _net()
     torch.stack([_task_loss(net, opt_name, t) for t in tasks]).mean().backward()
     return [p.grad.clone() for p in net.parameters()]
+
+
+def _load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _init_gloo(rank: int, world: int) -> None:
@@ -176,8 +186,22 @@ def _ddp_worker(rank: int, world: int) -> dict:
     error = max(
         (p.grad - e).abs().max().item() for p, e in zip(net.parameters(), expected, strict=True)
     )
+    # The example, end to end: two outer iterations on 2 ranks == on 1 process, same tasks.
+    example = _load_example("distributed_maml")
+    kw = {"outer_iterations": 2, "meta_batch": 5, "hidden": 8, "dtype": torch.float64}
+    losses, trained = example.train(**kw)
+    alone_losses, alone = example.train(rank=0, world_size=1, **kw)
+    example_error = max(
+        (a - b).abs().max().item()
+        for a, b in zip(trained.parameters(), alone.parameters(), strict=True)
+    )
     dist.destroy_process_group()
-    return {"trap": trap, "error": error}
+    return {
+        "trap": trap,
+        "error": error,
+        "example_error": example_error,
+        "example_losses": (losses, alone_losses),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +219,13 @@ def test_meta_optimizer_on_ddp_module_raises(ddp_results):
 def test_plain_ddp_through_forward_equals_one_process(ddp_results):
     for result in ddp_results:
         assert result["error"] < 1e-10
+
+
+def test_example_distributed_maml_equals_one_process(ddp_results):
+    for result in ddp_results:
+        assert result["example_error"] < 1e-10
+        losses, alone = result["example_losses"]
+        assert losses == pytest.approx(alone, rel=1e-10, abs=0)
 
 
 # --- faults: one rank raising in its inner loop fails every rank, nothing hangs ----------------
