@@ -23,10 +23,11 @@ mean equals the gradient of one process's mean loss over all tasks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -99,8 +100,11 @@ class MetaGradientSync:
         buckets: per bucket, the indices into ``params`` it holds, in launch order.
         hook_calls: per meta-parameter, how many times its hook has fired.
         syncs: how many outer backward passes have been synchronised.
-        last_wait_s: seconds the last backward's end spent waiting for all-reduces to finish
-            (the communication that did not overlap with the backward).
+        last_wait_s: seconds the end of the last synchronised backward waited for all-reduces
+            still in flight (the communication that did not overlap with the backward).
+        last_finish_s: seconds from the end of that backward's local work (its engine callback)
+            until the synchronised gradients were in ``.grad``: launching the last buckets,
+            waiting, and copying back.
     """
 
     def __init__(
@@ -118,6 +122,8 @@ class MetaGradientSync:
         self.hook_calls = [0] * len(params)
         self.syncs = 0
         self.last_wait_s = 0.0
+        self.last_finish_s = 0.0
+        self._enabled = True
         self._active = False
         self._missing: list[int] = []
         self._arrived: list[bool] = []
@@ -129,6 +135,9 @@ class MetaGradientSync:
         ]
 
     def _accumulated(self, index: int, param: torch.Tensor) -> None:
+        if not self._enabled:
+            self.hook_calls[index] += 1
+            return
         if not self._active:
             self._active = True
             self._missing = [len(members) for members in self.buckets]
@@ -162,6 +171,7 @@ class MetaGradientSync:
         self._next = b + 1
 
     def _finish(self) -> None:
+        begin = time.perf_counter()
         try:
             while self._next < len(self.buckets):
                 self._launch(self._next)
@@ -189,9 +199,24 @@ class MetaGradientSync:
                     else:
                         p.grad.copy_(value)
             self.syncs += 1
+            self.last_finish_s = time.perf_counter() - begin
         finally:
             self._active = False
             self._works = []
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Within this block, backward passes accumulate ``.grad`` locally, without communicating.
+
+        For gradient accumulation over several backward passes: run all but the last inside
+        ``no_sync()``; the last (outside) all-reduces the accumulated ``.grad``. Every rank must
+        do the same.
+        """
+        previous, self._enabled = self._enabled, False
+        try:
+            yield
+        finally:
+            self._enabled = previous
 
     def remove(self) -> None:
         """Remove the hooks: later backward passes are not synchronised."""
@@ -232,7 +257,8 @@ def sync_meta_gradients(
             start from the same meta-parameters (as DDP does); None leaves them as they are.
 
     Returns:
-        A :class:`MetaGradientSync` (``.remove()`` the hooks, ``.hook_calls``, ``.last_wait_s``).
+        A :class:`MetaGradientSync`: ``.remove()`` the hooks, ``with .no_sync():`` for local
+        accumulation, ``.hook_calls`` and ``.last_wait_s`` to inspect.
 
     Raises:
         RuntimeError: no process group is initialised.
