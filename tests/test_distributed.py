@@ -94,16 +94,31 @@ def _init_gloo(rank: int, world: int) -> None:
 # --- data parallel: every Meta*, even and uneven shares, hook counts ---------------------------
 
 
-def _data_parallel_worker(rank: int, world: int) -> dict:
-    optcompile.set_default_backend("eager")
-    _init_gloo(rank, world)
+def _reference_on_one_rank(owner: int, opt_name: str, tasks) -> list[torch.Tensor]:
+    """The one-process reference, computed by rank ``owner`` alone and broadcast."""
+    if dist.get_rank() == owner:
+        grads = _reference_grads(opt_name, tasks)
+    else:
+        grads = [torch.empty_like(p) for p in _net().parameters()]
+    for g in grads:
+        dist.broadcast(g, src=owner)
+    return grads
+
+
+def _max_error(params, expected, scale: float = 1.0) -> float:
+    return max(
+        (p.grad - scale * e).abs().max().item() for p, e in zip(params, expected, strict=True)
+    )
+
+
+def _data_parallel(rank: int, world: int) -> dict:
     errors: dict[str, float] = {}
     hook_report = {}
-    for num_tasks in (4, 5):  # 2/2 and 3/2
+    for num_tasks in (3, 4):  # 2/1 and 2/2
         tasks = _tasks(num_tasks)
         shard = od.shard_tasks(num_tasks)
         for i, name in enumerate(META_OPTIMIZERS):
-            expected = _reference_grads(name, tasks)
+            expected = _reference_on_one_rank(i % world, name, tasks)
             net = _net()
             # A tiny bucket cap in one case: several buckets, launched while backward runs.
             bucket_mb = 1e-4 if i % 2 else 25
@@ -113,63 +128,29 @@ def _data_parallel_worker(rank: int, world: int) -> dict:
                 shard.mean_loss(losses).backward()
                 calls = list(sync.hook_calls)
                 buckets = len(sync.buckets)
-            got = [p.grad for p in net.parameters()]
-            errors[f"{name}/{num_tasks}"] = max(
-                (a - b).abs().max().item() for a, b in zip(got, expected, strict=True)
-            )
+            errors[f"{name}/{num_tasks}"] = _max_error(net.parameters(), expected)
             hook_report[f"{name}/{num_tasks}"] = (inner_calls, calls, buckets)
-    # A second outer iteration: each hook fires once more, and the sum op adds the ranks.
+    # Accumulation: a backward inside no_sync() stays local, the next one all-reduces the sum.
     net = _net()
     tasks = _tasks(4)
     sync = od.sync_meta_gradients(net, op="sum")
-    for _ in range(2):
-        net.zero_grad()
-        loss = torch.stack([_task_loss(net, "MetaSGD", t) for t in od.shard_tasks(4).select(tasks)])
-        loss.sum().backward()
-    sum_calls = list(sync.hook_calls)
-    expected = _reference_grads("MetaSGD", tasks)
-    sum_error = max(
-        (p.grad - 4 * e).abs().max().item() for p, e in zip(net.parameters(), expected, strict=True)
-    )
-    dist.destroy_process_group()
-    return {"errors": errors, "hooks": hook_report, "sum_calls": sum_calls, "sum_error": sum_error}
+    mine = od.shard_tasks(4).select(tasks)
+    with sync.no_sync():
+        torch.stack([_task_loss(net, "MetaSGD", t) for t in mine]).sum().backward()
+    syncs_inside = sync.syncs
+    torch.stack([_task_loss(net, "MetaSGD", t) for t in mine]).sum().backward()
+    expected = _reference_on_one_rank(0, "MetaSGD", tasks)
+    return {
+        "errors": errors,
+        "hooks": hook_report,
+        "sum_calls": list(sync.hook_calls),
+        "syncs": (syncs_inside, sync.syncs),
+        # 2 backward passes x (sum over 4 tasks = 4 x the mean)
+        "sum_error": _max_error(net.parameters(), expected, scale=8.0),
+    }
 
 
-@pytest.fixture(scope="module")
-def data_parallel():
-    return values(run_ranks(_data_parallel_worker))
-
-
-def test_meta_gradients_equal_one_process_over_all_tasks(data_parallel):
-    for rank, result in enumerate(data_parallel):
-        for case, error in result["errors"].items():
-            assert error < 1e-10, f"rank {rank}, {case}: max |sync - one process| = {error}"
-
-
-def test_hooks_fire_once_per_meta_parameter_per_outer_backward_never_in_inner_steps(
-    data_parallel,
-):
-    for result in data_parallel:
-        for case, (inner_calls, calls, buckets) in result["hooks"].items():
-            assert inner_calls == 0, case
-            assert calls == [1] * 4, case
-            assert buckets >= 1
-        assert any(b > 1 for _, _, b in result["hooks"].values())  # the tiny bucket cap split
-        assert result["sum_calls"] == [2] * 4
-
-
-def test_sum_op_adds_the_ranks(data_parallel):
-    # rank losses are sums over 2 tasks each; summed over ranks: the sum over 4 tasks
-    for result in data_parallel:
-        assert result["sum_error"] < 1e-10
-
-
-# --- DDP: the .module trap raises; the wrapper used through forward is exact ------------------
-
-
-def _ddp_worker(rank: int, world: int) -> dict:
-    optcompile.set_default_backend("eager")
-    _init_gloo(rank, world)
+def _ddp(rank: int, world: int) -> dict:
     net = _net()
     ddp = nn.parallel.DistributedDataParallel(net)
     try:
@@ -177,52 +158,82 @@ def _ddp_worker(rank: int, world: int) -> dict:
         trap = None
     except ValueError as error:
         trap = str(error)
-    tasks = _tasks(5)
+    tasks = _tasks(3)
     shard = od.shard_tasks(len(tasks))
     # Through forward: the meta-optimizer holds the wrapper and every call goes through ddp(x).
     losses = [_task_loss(net, "MetaSGD", t, forward=ddp) for t in shard.select(tasks)]
     shard.mean_loss(losses).backward()
-    expected = _reference_grads("MetaSGD", tasks)
-    error = max(
-        (p.grad - e).abs().max().item() for p, e in zip(net.parameters(), expected, strict=True)
-    )
+    error = _max_error(net.parameters(), _reference_on_one_rank(1, "MetaSGD", tasks))
+    return {"trap": trap, "ddp_error": error}
+
+
+def _example(rank: int, world: int) -> dict:
     # The example, end to end: two outer iterations on 2 ranks == on 1 process, same tasks.
     example = _load_example("distributed_maml")
-    kw = {"outer_iterations": 2, "meta_batch": 5, "hidden": 8, "dtype": torch.float64}
+    kw = {"outer_iterations": 2, "meta_batch": 3, "hidden": 8, "dtype": torch.float64}
     losses, trained = example.train(**kw)
     alone_losses, alone = example.train(rank=0, world_size=1, **kw)
     example_error = max(
         (a - b).abs().max().item()
         for a, b in zip(trained.parameters(), alone.parameters(), strict=True)
     )
+    return {"example_error": example_error, "example_losses": (losses, alone_losses)}
+
+
+def _gloo_worker(rank: int, world: int) -> dict:
+    optcompile.set_default_backend("eager")
+    _init_gloo(rank, world)
+    result = {**_data_parallel(rank, world), **_ddp(rank, world), **_example(rank, world)}
     dist.destroy_process_group()
-    return {
-        "trap": trap,
-        "error": error,
-        "example_error": example_error,
-        "example_losses": (losses, alone_losses),
-    }
+    return result
 
 
 @pytest.fixture(scope="module")
-def ddp_results():
-    return values(run_ranks(_ddp_worker))
+def gloo():
+    """One spawned gloo run (2 ranks) serves every data-parallel and DDP test."""
+    return values(run_ranks(_gloo_worker))
 
 
-def test_meta_optimizer_on_ddp_module_raises(ddp_results):
-    for result in ddp_results:
+def test_meta_gradients_equal_one_process_over_all_tasks(gloo):
+    for rank, result in enumerate(gloo):
+        assert len(result["errors"]) == 2 * len(META_OPTIMIZERS)
+        for case, error in result["errors"].items():
+            assert error < 1e-10, f"rank {rank}, {case}: max |sync - one process| = {error}"
+
+
+def test_hooks_fire_once_per_meta_parameter_per_outer_backward_never_in_inner_steps(gloo):
+    for result in gloo:
+        for case, (inner_calls, calls, buckets) in result["hooks"].items():
+            assert inner_calls == 0, case
+            assert calls == [1] * 4, case
+            assert buckets >= 1
+        assert any(b > 1 for _, _, b in result["hooks"].values())  # the tiny bucket cap split
+
+
+def test_no_sync_accumulates_locally_then_sum_op_adds_the_ranks(gloo):
+    for result in gloo:
+        assert result["sum_calls"] == [2] * 4
+        assert result["syncs"] == (0, 1)
+        assert result["sum_error"] < 1e-10
+
+
+# --- DDP: the .module trap raises; the wrapper used through forward is exact ------------------
+
+
+def test_meta_optimizer_on_ddp_module_raises(gloo):
+    for result in gloo:
         assert result["trap"] is not None
         assert "DistributedDataParallel" in result["trap"]
         assert "sync_meta_gradients" in result["trap"]
 
 
-def test_plain_ddp_through_forward_equals_one_process(ddp_results):
-    for result in ddp_results:
-        assert result["error"] < 1e-10
+def test_plain_ddp_through_forward_equals_one_process(gloo):
+    for result in gloo:
+        assert result["ddp_error"] < 1e-10
 
 
-def test_example_distributed_maml_equals_one_process(ddp_results):
-    for result in ddp_results:
+def test_example_distributed_maml_equals_one_process(gloo):
+    for result in gloo:
         assert result["example_error"] < 1e-10
         losses, alone = result["example_losses"]
         assert losses == pytest.approx(alone, rel=1e-10, abs=0)
