@@ -79,17 +79,19 @@ def train(
     shard = od.shard_tasks(meta_batch, rank=rank, world_size=world_size)
     history = []
     for iteration in range(outer_iterations):
-        losses = []
-        for index in shard:
-            x, y, xq, yq = sine_task(iteration, index, device, dtype)
-            for _ in range(inner_steps):
-                inner.step(nn.functional.mse_loss(net(x), y))
-            losses.append(nn.functional.mse_loss(net(xq), yq))
-            optcompile.recover_state_dict(net, net_state)
-            optcompile.recover_state_dict(inner, inner_state)
-        outer.zero_grad()
-        loss = shard.mean_loss(losses)
-        loss.backward()  # returns with .grad averaged over the ranks
+        # If one rank raises, the others' backward fails too, naming that rank's error.
+        with od.fail_together():
+            losses = []
+            for index in shard:
+                x, y, xq, yq = sine_task(iteration, index, device, dtype)
+                for _ in range(inner_steps):
+                    inner.step(nn.functional.mse_loss(net(x), y))
+                losses.append(nn.functional.mse_loss(net(xq), yq))
+                optcompile.recover_state_dict(net, net_state)
+                optcompile.recover_state_dict(inner, inner_state)
+            outer.zero_grad()
+            loss = shard.mean_loss(losses)
+            loss.backward()  # returns with .grad averaged over the ranks
         outer.step()
         # The logged value: the mean query loss over all tasks (one small all-reduce).
         total = loss.detach() / world_size

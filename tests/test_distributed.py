@@ -7,6 +7,7 @@ process-group or RPC timeout and a join deadline after which the ranks are kille
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.util
 from pathlib import Path
@@ -242,26 +243,30 @@ def test_example_distributed_maml_equals_one_process(gloo):
 # --- faults: one rank raising in its inner loop fails every rank, nothing hangs ----------------
 
 
-def _fault_worker(rank: int, world: int) -> None:
+def _fault_worker(rank: int, world: int, guarded: bool) -> None:
     optcompile.set_default_backend("eager")
     _init_gloo(rank, world)
     net = _net()
     od.sync_meta_gradients(net)
     tasks = _tasks(4)
-    losses = []
-    for index in od.shard_tasks(4):
-        if rank == 1:
-            raise FloatingPointError(f"task {index} diverged in the inner loop")
-        losses.append(_task_loss(net, "MetaAdam", tasks[index]))
-    torch.stack(losses).mean().backward()
+    with od.fail_together() if guarded else contextlib.nullcontext():
+        losses = []
+        for index in od.shard_tasks(4):
+            if rank == 1:
+                raise FloatingPointError(f"task {index} diverged in the inner loop")
+            losses.append(_task_loss(net, "MetaAdam", tasks[index]))
+        torch.stack(losses).mean().backward()
 
 
-def test_a_rank_raising_in_the_inner_loop_fails_every_rank():
-    results = run_ranks(_fault_worker, timeout=60)
+@pytest.mark.parametrize("guarded", [True, False], ids=["fail_together", "bare"])
+def test_a_rank_raising_in_the_inner_loop_fails_every_rank(guarded):
+    results = run_ranks(_fault_worker, timeout=60, guarded=guarded)
     assert results[1]["error"] == "FloatingPointError"
     assert "diverged" in results[1]["message"]
     assert results[0]["error"] == "RuntimeError", results[0]
     assert "all-reduce of meta-gradients failed" in results[0]["message"]
+    if guarded:  # the cause reaches the rank that did not raise
+        assert "rank 1 raised FloatingPointError: task 2 diverged" in results[0]["message"]
 
 
 # --- TorchOpt's RPC API ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from optcompile.distributed.api import (
     sum_reducer,
 )
 from optcompile.distributed.ddp_guard import check_not_ddp_wrapped
+from optcompile.distributed.faults import fail_together, peer_failures
 from optcompile.distributed.shard import TaskShard, shard_tasks
 from optcompile.distributed.sync import MetaGradientSync, sync_meta_gradients
 from optcompile.distributed.tree import tree_as_rref, tree_to_here, tree_wait
@@ -62,7 +63,7 @@ __all__ = [
     "is_available",
     # data-parallel meta-training
     "sync_meta_gradients", "MetaGradientSync", "shard_tasks", "TaskShard",
-    "check_not_ddp_wrapped",
+    "check_not_ddp_wrapped", "fail_together", "peer_failures",
     # TorchOpt's RPC API
     "TensorDimensionPartitioner", "dim_partitioner", "batch_partitioner",
     "exclusive_batch_partitioner", "mean_reducer", "sum_reducer", "remote_async_call",

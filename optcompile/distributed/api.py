@@ -246,9 +246,7 @@ def remote_async_call(
         rpc.rpc_async(worker, func, args=part_args, kwargs=part_kwargs, timeout=timeout)
         for worker, part_args, part_kwargs in parts
     ]
-    gathered = torch.futures.collect_all(futures).then(
-        lambda done: [f.wait() for f in done.wait()]
-    )
+    gathered = torch.futures.collect_all(futures).then(lambda done: [f.wait() for f in done.wait()])
     if reduce is None:
         return gathered
     return gathered.then(lambda done: reduce(done.wait()))

@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from optcompile.distributed.faults import peer_failures
+
 __all__ = ["MetaGradientSync", "sync_meta_gradients"]
 
 _OPS = ("mean", "sum")
@@ -180,10 +182,17 @@ class MetaGradientSync:
                 try:
                     work.wait()
                 except Exception as error:
+                    causes = peer_failures()
+                    cause = (
+                        "; ".join(f"rank {r} raised {m}" for r, m in sorted(causes.items()))
+                        if causes
+                        else "another rank most likely raised or exited before its outer "
+                        "backward (run the loop inside optcompile.distributed.fail_together() "
+                        "to see its error here)"
+                    )
                     raise RuntimeError(
-                        f"rank {dist.get_rank()}: the all-reduce of meta-gradients failed "
-                        f"({error}); another rank most likely raised or exited before its outer "
-                        f"backward; its own error says why"
+                        f"rank {dist.get_rank()}: the all-reduce of meta-gradients failed: "
+                        f"{cause} ({type(error).__name__}: {error})"
                     ) from error
             self.last_wait_s = time.perf_counter() - start
             for b, flat, _ in self._works:
@@ -268,8 +277,10 @@ def sync_meta_gradients(
     """
     if op not in _OPS:
         raise ValueError(f"op must be one of {_OPS}, got {op!r}")
-    if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, int | float) or not (
-        math.isfinite(bucket_mb) and bucket_mb > 0
+    if (
+        isinstance(bucket_mb, bool)
+        or not isinstance(bucket_mb, int | float)
+        or not (math.isfinite(bucket_mb) and bucket_mb > 0)
     ):
         raise ValueError(f"bucket_mb must be a positive number of MiB, got {bucket_mb!r}")
     params = _collect(module_or_params)
