@@ -27,6 +27,7 @@ def tree_as_rref(tree: Any) -> Any:
 
 def tree_to_here(rref_tree: Any, timeout: float = _UNSET) -> Any:
     """Fetch every ``rpc.RRef`` leaf's value to this worker; the same tree holding the values."""
+    rref_type = getattr(rpc, "RRef", ())  # absent from builds without RPC: nothing matches
     return optree.tree_map(
-        lambda r: r.to_here(timeout), rref_tree, is_leaf=lambda x: isinstance(x, rpc.RRef)
+        lambda r: r.to_here(timeout), rref_tree, is_leaf=lambda x: isinstance(x, rref_type)
     )
