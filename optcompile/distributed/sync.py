@@ -127,6 +127,7 @@ class MetaGradientSync:
         self.last_finish_s = 0.0
         self._enabled = True
         self._active = False
+        self._task = -1
         self._missing: list[int] = []
         self._arrived: list[bool] = []
         self._next = 0
@@ -140,8 +141,18 @@ class MetaGradientSync:
         if not self._enabled:
             self.hook_calls[index] += 1
             return
+        task = torch._C._current_graph_task_id()
+        if self._active and task != self._task:
+            # The backward that launched the buckets in flight died before its end-of-backward
+            # callback, or another one runs concurrently: the ranks' collectives no longer match.
+            raise RuntimeError(
+                "an outer backward started while the previous one's meta-gradient all-reduces "
+                "were unfinished (it raised, or two backward passes run at once); the ranks are "
+                "out of step: restart the process group"
+            )
         if not self._active:
             self._active = True
+            self._task = task
             self._missing = [len(members) for members in self.buckets]
             self._arrived = [False] * len(self.params)
             self._next = 0
