@@ -294,6 +294,50 @@ def _parallel_default(x: torch.Tensor) -> torch.Tensor:
     return (x**3).mean(dim=0)
 
 
+# TorchOpt's distributed MAML (examples/distributed/few-shot/maml_omniglot.py), as written for
+# torchopt: rank 0 sends an RRef of a clone of the network, each task's inner loop runs on a
+# worker, and distributed autograd brings the meta-gradient back.
+def _transpose_mean_reducer(results):
+    losses, accs = tuple(zip(*results, strict=True))
+    return torch.mean(torch.stack(losses)), sum(accs) / len(accs)
+
+
+def _torchopt_inner_loop(net_rref, x_spt, y_spt, x_qry, y_qry, n_inner_iter):
+    import optcompile as torchopt
+
+    net = torchopt.module_clone(net_rref.to_here(), by="reference", detach_buffers=True)
+    inner_opt = torchopt.MetaSGD(net, lr=1e-1)
+    for _ in range(n_inner_iter):
+        inner_opt.step(nn.functional.mse_loss(net(x_spt), y_spt))
+    return nn.functional.mse_loss(net(x_qry), y_qry), 1.0
+
+
+_parallel_torchopt_inner_loop = od.parallelize(
+    partitioner=od.dim_partitioner(dim=0, exclusive=True, keepdim=False),
+    reducer=_transpose_mean_reducer,
+)(_torchopt_inner_loop)
+
+
+def _torchopt_maml_error() -> float:
+    import optcompile as torchopt
+    import optcompile.distributed as todist
+
+    net = _net()
+    data = [torch.randn(4, 5, d, dtype=torch.float64) for d in (3, 2, 3, 2)]
+    net_rref = todist.rpc.RRef(torchopt.module_clone(net, by="copy"))
+    with todist.autograd.context() as context_id:
+        loss, _ = _parallel_torchopt_inner_loop(net_rref, *data, 2)
+        todist.autograd.backward(context_id, loss)
+    distributed = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    local = [
+        _torchopt_inner_loop(todist.rpc.RRef(net), *(d[i] for d in data), 2)[0] for i in range(4)
+    ]
+    torch.stack(local).mean().backward()
+    pairs = zip(distributed, net.parameters(), strict=True)
+    return max((a - p.grad).abs().max().item() for a, p in pairs)
+
+
 @od.rank_zero_only
 def _only_zero() -> int:
     return od.get_rank()
@@ -353,6 +397,7 @@ def _rpc_worker(rank: int, world: int) -> dict | None:
         with od.autograd.context() as ctx:
             (g,) = od.autograd.grad(ctx, rpc.rpc_sync(1, _square_sum, args=(w,)).sum(), w)
         out["dist_grad"] = (g - 2 * w.detach()).abs().max().item()
+        out["torchopt_maml"] = _torchopt_maml_error()
         return out
 
     return main()
@@ -382,6 +427,10 @@ def test_parallelize_with_partitioners_and_reducers_equals_sequential(rpc_result
 def test_parallelize_rejects_a_batch_the_workers_do_not_divide(rpc_results):
     for bad in (5, 7):
         assert "does not split evenly over 2 workers" in rpc_results[0][f"bad_batch_{bad}"]
+
+
+def test_torchopt_distributed_maml_runs_unchanged_and_equals_the_local_result(rpc_results):
+    assert rpc_results[0]["torchopt_maml"] < 1e-12
 
 
 def test_distributed_autograd_fills_grad_like_a_local_backward(rpc_results):

@@ -13,7 +13,8 @@ Two ways to scale a meta-learning run out:
   arguments and results on every call and is no longer actively developed upstream.
 """
 
-import torch.distributed as _dist
+import torch.distributed as dist  # TorchOpt's scripts reach them as torchopt.distributed.dist/.rpc
+import torch.distributed.rpc as rpc
 
 from optcompile.distributed import api, autograd, world
 from optcompile.distributed.api import (
@@ -54,9 +55,7 @@ from optcompile.distributed.world import (
 
 def is_available() -> bool:
     """Whether ``torch.distributed``, its RPC framework and distributed autograd are built in."""
-    import torch.distributed.rpc as rpc
-
-    return _dist.is_available() and rpc.is_available() and autograd.is_available()
+    return dist.is_available() and rpc.is_available() and autograd.is_available()
 
 
 __all__ = [
