@@ -403,6 +403,29 @@ def _rpc_worker(rank: int, world: int) -> dict | None:
     return main()
 
 
+def _rpc_fault_worker(rank: int, world: int) -> str:
+    import torch.distributed.rpc as rpc
+
+    options = rpc.TensorPipeRpcBackendOptions(
+        num_worker_threads=4, rpc_timeout=20, _transports=["uv"], _channels=["basic"]
+    )
+
+    @od.auto_init_rpc(rpc_backend_options=options)
+    def main() -> str:
+        if rank == 0:  # the driver fails; the other worker only serves RPCs
+            od.remote_sync_call(_square_sum, args=(torch.ones(4, 3),))
+            raise FloatingPointError("the driver diverged")
+        return "served"
+
+    return main()
+
+
+def test_a_failing_rpc_driver_does_not_leave_the_workers_hanging():
+    results = run_ranks(_rpc_fault_worker, timeout=60)
+    assert results[0]["error"] == "FloatingPointError"
+    assert results[1] == {"value": "served"}
+
+
 @pytest.fixture(scope="module")
 def rpc_results():
     return values(run_ranks(_rpc_worker))

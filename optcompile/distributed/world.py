@@ -175,8 +175,9 @@ def auto_init_rpc(
     The decorated function initialises RPC (worker name from ``worker_name_format``, rank and world
     size from ``RANK``/``WORLD_SIZE``, rendezvous at ``MASTER_ADDR:MASTER_PORT`` unless
     ``rpc_backend_options`` says otherwise), runs ``worker_init_fn`` on every worker, waits for
-    all, calls the function, and shuts RPC down: gracefully (waiting for every worker) when the
-    function returned, at once when it raised.
+    all, calls the function, and shuts RPC down gracefully (waiting for every worker). When the
+    function raised, the shutdown waits at most the RPC timeout, so that the other workers
+    finish rather than hang, and the error is re-raised.
 
     Args:
         worker_init_fn: run on every worker after RPC is up, before the function.
@@ -209,7 +210,12 @@ def auto_init_rpc(
                 barrier()
                 result = func(*args, **kwargs)
             except BaseException:
-                rpc.shutdown(graceful=False)
+                # Still take part in the shutdown handshake, bounded by the RPC timeout: the
+                # other workers wait in it for every worker, and would wait forever otherwise.
+                try:
+                    rpc.shutdown(graceful=True, timeout=rpc.get_rpc_timeout())
+                except Exception:  # noqa: BLE001 - the function's error is the one to report
+                    rpc.shutdown(graceful=False)
                 raise
             rpc.shutdown(graceful=True)
             return result
