@@ -11,6 +11,7 @@ from optcompile import (
     clip,
     combine,
     diff,
+    distributed,
     hook,
     linalg,
     linear_solve,
@@ -111,7 +112,7 @@ __all__ = [
     # errors
     "OptCompileError", "RuleError", "HyperparameterError", "LoweringError", "InternalError",
     # submodules
-    "accelerated_op", "alias", "base", "clip", "combine", "diff", "hook", "linalg", "linear_solve",
-    "nn", "optim", "pytree", "schedule", "state", "transform", "typing", "update", "utils",
-    "version", "visual",
+    "accelerated_op", "alias", "base", "clip", "combine", "diff", "distributed", "hook", "linalg",
+    "linear_solve", "nn", "optim", "pytree", "schedule", "state", "transform", "typing", "update",
+    "utils", "version", "visual",
 ]  # fmt: skip

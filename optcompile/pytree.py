@@ -13,8 +13,9 @@ from typing import Any
 
 import optree
 import torch
-import torch.distributed.rpc as _rpc
 from optree import *  # noqa: F403 - the whole optree API, as TorchOpt re-exports it
+
+from optcompile.distributed.tree import tree_as_rref, tree_to_here, tree_wait
 
 __all__ = [
     *optree.__all__,
@@ -31,6 +32,8 @@ __all__ = [
     "tree_truediv",
     "tree_vdot_real",
     "tree_wait",
+    "tree_as_rref",
+    "tree_to_here",
 ]
 
 
@@ -110,26 +113,3 @@ def tree_vdot_real(tree_x: Any, tree_y: Any) -> float:
         float(torch.vdot(x.reshape(-1), y.reshape(-1)).real)
         for x, y in zip(leaves_x, leaves_y, strict=True)
     )
-
-
-def tree_wait(future_tree: Any) -> Any:
-    """The tree of ``future.wait()`` for a tree of ``torch.futures.Future``."""
-    futures, spec = optree.tree_flatten(future_tree)
-    return optree.tree_unflatten(spec, torch.futures.wait_all(futures))
-
-
-if _rpc.is_available():
-
-    def tree_as_rref(tree: Any) -> Any:
-        """Each leaf wrapped in a ``torch.distributed.rpc.RRef`` owned by this worker."""
-        return optree.tree_map(_rpc.RRef, tree)
-
-    def tree_to_here(rref_tree: Any, timeout: float = _rpc.api.UNSET_RPC_TIMEOUT) -> Any:
-        """Each ``RRef`` leaf fetched to this worker (``rref.to_here(timeout)``)."""
-        return optree.tree_map(lambda x: x.to_here(timeout=timeout), rref_tree)
-
-    def tree_local_value(rref_tree: Any) -> Any:
-        """Each ``RRef`` leaf's local value (the owner only)."""
-        return optree.tree_map(lambda x: x.local_value(), rref_tree)
-
-    __all__ += ["tree_as_rref", "tree_to_here"]

@@ -16,6 +16,7 @@ from torch import nn
 
 from optcompile.base import GradientTransformation
 from optcompile.decorator import first_order_active
+from optcompile.distributed.ddp_guard import check_not_ddp_wrapped
 from optcompile.lowering.autograd import transforms_active
 from optcompile.optim.base import _check_impl
 from optcompile.optim.checkpoint import adopt_state_groups
@@ -100,6 +101,7 @@ class MetaOptimizer:
         """Add the trainable parameters of ``module`` as a new group."""
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        check_not_ddp_wrapped(module)  # the inner loop on ddp.module would never be synced
         slots = _trainable_slots(module)
         if not slots:
             raise ValueError(
