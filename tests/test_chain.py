@@ -49,7 +49,7 @@ def _adam_decay_scale(lr):
 
 def _decay_stddev_nesterov_schedule(lr):
     return [
-        optcompile.alias._flip_and_decay(0.05, True, B),
+        optcompile.assemble.flip_and_decay(0.05, True, B),
         T.scale_by_stddev(alpha=0.9, eps=1e-3, initial_scale=0.5, backend=B),
         T.trace(0.9, nesterov=True, backend=B),
         T.scale_by_schedule(linear_schedule(1.0, 0.1, transition_steps=3), backend=B),

@@ -477,18 +477,21 @@ _KINDS = {"P": inspect.Parameter.POSITIONAL_OR_KEYWORD, "K": inspect.Parameter.K
 
 @pytest.mark.parametrize("name", sorted(TORCHOPT_SIGNATURES))
 def test_signature_equals_torchopt(name):
-    """Names, order, kinds and defaults as in TorchOpt; optcompile may only append ``backend``.
+    """Names, order, kinds and defaults as in TorchOpt; optcompile may only append extensions.
 
-    ``backend`` (keyword-only, default None) is optcompile's one extension: being keyword-only
-    with a default, it cannot change the meaning of any TorchOpt call.
+    The extensions are ``amsgrad`` (Adam and AdamW, default False, as in torch.optim) and
+    ``backend`` (default None): being keyword-only with a default, they cannot change the
+    meaning of any TorchOpt call.
     """
     params = list(inspect.signature(getattr(oc, name)).parameters.values())
     first = "module" if name.startswith("Meta") else "params"
     assert params[0].name == first and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert params[0].default is EMPTY
     rest = params[1:]
-    if rest and rest[-1].name == "backend":
-        assert rest[-1].kind is inspect.Parameter.KEYWORD_ONLY and rest[-1].default is None
+    extensions = {"backend": None, "amsgrad": False}
+    while rest and rest[-1].name in extensions:
+        assert rest[-1].kind is inspect.Parameter.KEYWORD_ONLY
+        assert rest[-1].default is extensions[rest[-1].name]
         rest = rest[:-1]
     got = [(p.name, p.kind, p.default) for p in rest]
     expected = [(n, _KINDS[k], d) for n, k, d in TORCHOPT_SIGNATURES[name]]

@@ -8,13 +8,14 @@ rule sees, and ``nan_to_num`` must act on values the rule language cannot test (
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import optree
 import torch
 
 from optcompile.base import EmptyState, GradientTransformation
 from optcompile.fused import RuleTransformation, UpdatesStatistic, from_rule
+from optcompile.masking import MaskedState, masked
 from optcompile.rules import adam as _adam
 from optcompile.rules import basic as _basic
 from optcompile.rules import rms as _rms
@@ -194,59 +195,6 @@ def scale_by_stddev(
     return from_rule(
         _rms.scale_by_stddev, alpha=alpha, eps=eps, initial_scale=initial_scale, backend=backend
     )
-
-
-class MaskedState(NamedTuple):
-    """The state of :func:`masked`: the inner transformation's state on the selected leaves."""
-
-    inner_state: Any
-
-
-def masked(inner: GradientTransformation, mask: Any = None) -> GradientTransformation:
-    """Apply ``inner`` only to the leaves where ``mask`` is True; others pass through unchanged.
-
-    Args:
-        inner: the transformation to restrict.
-        mask: a pytree of bools with the params' structure, or a callable ``params -> mask``;
-            None (TorchOpt's default) selects every leaf, so ``masked(inner)`` is ``inner``
-            with a ``MaskedState`` around its state.
-    """
-
-    def select(tree: Any, mask_tree: Any) -> Any:
-        return optree.tree_map(
-            lambda leaf, keep: leaf if keep else None, tree, mask_tree, none_is_leaf=True
-        )
-
-    def resolve(params: Any) -> Any:
-        if mask is None:
-            return optree.tree_map(lambda _: True, params, none_is_leaf=True)
-        return mask(params) if callable(mask) else mask
-
-    def init(params: Any) -> MaskedState:
-        return MaskedState(inner.init(select(params, resolve(params))))
-
-    def update(
-        updates: Any, state: MaskedState, *, params: Any = None, inplace: bool = True
-    ) -> tuple[Any, MaskedState]:
-        if not isinstance(state, MaskedState):
-            raise ValueError(f"state: expected a MaskedState, got {type(state).__name__}")
-        mask_tree = resolve(params if params is not None else updates)
-        inner_updates, inner_state = inner.update(
-            select(updates, mask_tree),
-            state.inner_state,
-            params=None if params is None else select(params, mask_tree),
-            inplace=inplace,
-        )
-        merged = optree.tree_map(
-            lambda new, old, keep: new if keep else old,
-            inner_updates,
-            updates,
-            mask_tree,
-            none_is_leaf=True,
-        )
-        return merged, MaskedState(inner_state)
-
-    return GradientTransformation(init, update)
 
 
 def add_decayed_weights(
