@@ -43,6 +43,7 @@ from optcompile.hook import register_hook
 from optcompile.lowering.backends import default_backend, set_default_backend
 from optcompile.lowering.stats import reset_stats, stats
 from optcompile.optim import FuncOptimizer, MetaOptimizer, Optimizer
+from optcompile.registry import publish_into
 from optcompile.rule import Rule, rule
 from optcompile.serialization import _register_builtin_states
 from optcompile.state import (
@@ -59,12 +60,6 @@ from optcompile.version import __version__ as __version__
 
 _register_builtin_states()
 
-# Every registered optimizer (see optcompile.registry): its alias, torch-style and meta classes.
-_OPTIMIZERS = {
-    **{n: getattr(alias, n) for n in alias.__all__},
-    **{n: getattr(optim, n) for n in optim.classes.__all__},
-}
-globals().update(_OPTIMIZERS)
 
 __all__ = [
     # declaring rules
@@ -88,4 +83,11 @@ __all__ = [
     "nn", "optim", "pytree", "schedule", "state", "transform", "typing", "update", "utils",
     "version", "visual",
 ]  # fmt: skip
-__all__ += list(_OPTIMIZERS)  # pyright: ignore[reportUnsupportedDunderAll]
+
+# Every registered optimizer (see optcompile.registry): its alias, torch-style and meta classes,
+# published now and as each one is registered later.
+publish_into(
+    globals(),
+    __all__,
+    lambda info: {info.name: info.alias, **optim.classes.classes_of_registered(info)},
+)

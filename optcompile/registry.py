@@ -46,7 +46,14 @@ from optcompile.errors import HyperparameterError
 from optcompile.lowering.check import Domain, numbers_of, parse_domain
 from optcompile.rules import load_all
 
-__all__ = ["OptimizerInfo", "optimizer", "optimizers", "check_argument"]
+__all__ = [
+    "OptimizerInfo",
+    "optimizer",
+    "optimizers",
+    "unregister",
+    "publish_into",
+    "check_argument",
+]
 
 # Every alias validates these two when its signature has them.
 _COMMON_DOMAINS = {"lr": ">= 0", "weight_decay": ">= 0"}
@@ -95,6 +102,8 @@ class OptimizerInfo:
 
 
 _REGISTRY: dict[str, OptimizerInfo] = {}
+# Called with (info, True) when an optimizer is registered, (info, False) when it is withdrawn.
+_SUBSCRIBERS: list[Callable[[OptimizerInfo, bool], None]] = []
 
 
 def optimizer(
@@ -152,7 +161,10 @@ def optimizer(
 
         @functools.wraps(builder)
         def alias(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as err:
+                raise TypeError(f"{builder.__name__}{signature}: {err}") from None
             bound.apply_defaults()
             for name, domain in parsed.items():
                 _check_bound(name, bound.arguments[name], domain)
@@ -173,7 +185,7 @@ def optimizer(
         )
         alias.info = info  # type: ignore[attr-defined]
         if register:
-            _REGISTRY[info.name] = info
+            _register(info)
         return alias
 
     return declare
@@ -210,3 +222,58 @@ def optimizers() -> dict[str, OptimizerInfo]:
     order = {module.__name__: i for i, module in enumerate(load_all())}
     ranked = sorted(_REGISTRY.values(), key=lambda info: order.get(info.module, len(order)))
     return {info.name: info for info in ranked}
+
+
+def _register(info: OptimizerInfo) -> None:
+    old = _REGISTRY.get(info.name)
+    if old is not None and old.module != info.module:
+        raise ValueError(
+            f"optimizer {info.name!r} is already declared in {old.module}; pick another name"
+        )
+    if old is not None:
+        unregister(info.name)  # a module declared again (reloaded): the new one replaces it
+    _REGISTRY[info.name] = info
+    for callback in _SUBSCRIBERS:
+        callback(info, True)
+
+
+def unregister(name: str) -> OptimizerInfo:
+    """Withdraw a registered optimizer: its alias and classes leave every namespace.
+
+    Raises:
+        KeyError: no optimizer of that name is registered.
+    """
+    if name not in _REGISTRY:
+        raise KeyError(f"no optimizer {name!r} is registered; registered: {sorted(_REGISTRY)}")
+    info = _REGISTRY.pop(name)
+    for callback in _SUBSCRIBERS:
+        callback(info, False)
+    return info
+
+
+def publish_into(
+    namespace: dict[str, Any],
+    exported: list[str],
+    names_of: Callable[[OptimizerInfo], Mapping[str, Any]],
+) -> None:
+    """Keep a module's globals and ``__all__`` in step with the registry.
+
+    Every registered optimizer's ``names_of(info)`` is added to ``namespace`` and ``exported``
+    now, in registry order, and each one registered later is added then (a rule declared in any
+    module, a test included, appears at once as alias and classes); a withdrawn one is removed.
+    """
+
+    def publish(info: OptimizerInfo, present: bool) -> None:
+        for name, value in names_of(info).items():
+            if present:
+                namespace[name] = value
+                if name not in exported:
+                    exported.append(name)
+            else:
+                namespace.pop(name, None)
+                if name in exported:
+                    exported.remove(name)
+
+    for info in optimizers().values():
+        publish(info, True)
+    _SUBSCRIBERS.append(publish)

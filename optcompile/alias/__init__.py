@@ -10,9 +10,7 @@ hypergradient) or a schedule ``count -> lr``.
 from __future__ import annotations
 
 from optcompile.alias import utils as utils
-from optcompile.registry import optimizers
+from optcompile.registry import publish_into
 
-_ALIASES = {name: info.alias for name, info in optimizers().items()}
-globals().update(_ALIASES)
-
-__all__ = list(_ALIASES)  # pyright: ignore[reportUnsupportedDunderAll]
+__all__: list[str] = []  # pyright: ignore[reportUnsupportedDunderAll]
+publish_into(globals(), __all__, lambda info: {info.name: info.alias})

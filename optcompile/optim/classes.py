@@ -15,7 +15,7 @@ from typing import Any
 
 from optcompile.optim.base import Optimizer
 from optcompile.optim.meta.base import MetaOptimizer
-from optcompile.registry import OptimizerInfo, optimizers
+from optcompile.registry import OptimizerInfo, publish_into
 
 __all__: list[str] = []  # filled below, one torch-style and one meta name per spelling
 
@@ -86,8 +86,14 @@ def classes_of(info: OptimizerInfo) -> dict[str, type]:
     return made
 
 
-_CLASSES: dict[str, type] = {}
-for _info in optimizers().values():
-    _CLASSES.update(classes_of(_info))
-globals().update(_CLASSES)
-__all__ += list(_CLASSES)
+_MADE: dict[str, tuple[OptimizerInfo, dict[str, type]]] = {}
+
+
+def classes_of_registered(info: OptimizerInfo) -> dict[str, type]:
+    """:func:`classes_of`, made once per registered optimizer and shared by every namespace."""
+    if info.name not in _MADE or _MADE[info.name][0] is not info:
+        _MADE[info.name] = (info, classes_of(info))
+    return _MADE[info.name][1]
+
+
+publish_into(globals(), __all__, classes_of_registered)

@@ -12,13 +12,16 @@ from typing import Any
 from optcompile.optim.meta.base import MetaOptimizer
 from optcompile.registry import optimizers
 
-_GENERATED = tuple(m for info in optimizers().values() for m in info.meta_classes)
-__all__ = ["MetaOptimizer", *_GENERATED]  # pyright: ignore[reportUnsupportedDunderAll]
+__all__ = [  # pyright: ignore[reportUnsupportedDunderAll]
+    "MetaOptimizer",
+    *(m for info in optimizers().values() for m in info.meta_classes),
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _GENERATED:
+    if name.startswith("Meta"):
         from optcompile.optim import classes
 
-        return getattr(classes, name)
+        if name in classes.__all__:
+            return getattr(classes, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
