@@ -15,7 +15,7 @@ from typing import Any
 import optree
 import torch
 
-from optcompile.base import GradientTransformation
+from optcompile.base import EmptyState, GradientTransformation
 from optcompile.combine import ChainedGradientTransformation
 from optcompile.fused import from_rule
 from optcompile.masking import masked
@@ -32,6 +32,7 @@ __all__ = [
     "accelerated",
     "is_zero",
     "params_shaped",
+    "straight_through_sign",
 ]
 
 _lock = threading.Lock()
@@ -130,6 +131,56 @@ def preconditioned(
         decay,
         neg_lr(lr, backend if decay is not None else rule_backend),
     )
+
+
+class _StraightThroughSign(torch.autograd.Function):
+    """``sign(x)`` forward, the identity backward (and in forward mode)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.sign(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+        return tangent
+
+
+def straight_through_sign() -> GradientTransformation:
+    r"""The sign of the updates, differentiated as the identity (straight-through estimator).
+
+    .. math:: u = \operatorname{sign}(x), \qquad
+        \frac{\partial u}{\partial x} := 1 \text{ (instead of 0 almost everywhere)}
+
+    The sign's true derivative is 0 wherever it exists, so a meta-gradient through a sign-based
+    optimizer (Lion, sign SGD) w.r.t. the data vanishes. This transformation keeps the sign's
+    value and passes the cotangent through unchanged (Bengio et al., 2013). It is plain torch
+    (not a rule): it splits the fused kernel of a chain in two.
+    """
+
+    def init(params: Any) -> Any:
+        return EmptyState()
+
+    def update(
+        updates: Any, state: Any, *, params: Any = None, inplace: bool = True
+    ) -> tuple[Any, Any]:
+        def sign(x: torch.Tensor) -> torch.Tensor:
+            if x is None:
+                return x
+            if inplace and not x.requires_grad:
+                return x.sign_()
+            return _StraightThroughSign.apply(x)
+
+        return optree.tree_map(sign, updates, none_is_leaf=True), state
+
+    return GradientTransformation(init, update)
 
 
 def accelerated(use_accelerated_op: bool, backend: str | None) -> str | None:

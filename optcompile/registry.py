@@ -67,7 +67,7 @@ class OptimizerInfo:
         name: the alias's name, e.g. ``"adam"``.
         alias: the validated alias (what ``optcompile.adam`` is).
         builder: the declared function, run by ``alias`` after validation.
-        domains: per argument, its parsed domain (``betas`` applies to each element).
+        domains: per argument, its parsed domain (a tuple argument's applies to each element).
         classes: the torch-style class name and its other spellings, e.g.
             ``("Adamax", "AdaMax")``; the meta classes are ``"Meta" + name``.
         class_defaults: defaults that differ in the torch-style and meta classes (TorchOpt's
@@ -121,7 +121,8 @@ def optimizer(
     Args:
         classes: the torch-style class name, then other spellings (``("RMSprop", "RMSProp")``).
         domains: allowed values per argument (``"[0, 1)"``, ``">= 0"``); ``lr`` and
-            ``weight_decay`` get ``">= 0"`` unless given. ``betas`` applies to each element.
+            ``weight_decay`` get ``">= 0"`` unless given. A tuple argument's domain (``betas``)
+            applies to each element.
         class_defaults: defaults of the torch-style and meta classes that differ from the alias.
         meta_defaults: defaults of the meta class only that differ.
         class_order: arguments the classes take positionally, in this order.
@@ -167,7 +168,7 @@ def optimizer(
                 raise TypeError(f"{builder.__name__}{signature}: {err}") from None
             bound.apply_defaults()
             for name, domain in parsed.items():
-                _check_bound(name, bound.arguments[name], domain)
+                _check_bound(name, bound.arguments[name], domain, signature)
             return builder(**bound.arguments)
 
         alias.__module__ = "optcompile.alias"
@@ -191,12 +192,17 @@ def optimizer(
     return declare
 
 
-def _check_bound(name: str, value: Any, domain: Domain) -> None:
-    if name == "betas":
-        if not isinstance(value, tuple | list) or len(value) != 2:
-            raise TypeError(f"betas={value!r} must be a pair (beta1, beta2)")
-        check_argument("betas[0]", value[0], domain)
-        check_argument("betas[1]", value[1], domain)
+def _check_bound(name: str, value: Any, domain: Domain, signature: inspect.Signature) -> None:
+    default = signature.parameters[name].default
+    if isinstance(default, tuple):  # betas, etas, ...: as many as the default, each checked
+        n = len(default)
+        if not isinstance(value, tuple | list) or len(value) != n:
+            what = {2: "a pair", 3: "a triple"}.get(n, f"a sequence of {n}")
+            stem = name[:-1] if name.endswith("s") else name
+            names = ", ".join(f"{stem}{i + 1}" for i in range(n))
+            raise TypeError(f"{name}={value!r} must be {what} ({names})")
+        for i, element in enumerate(value):
+            check_argument(f"{name}[{i}]", element, domain)
     else:
         check_argument(name, value, domain)
 
