@@ -35,6 +35,7 @@ class Reference:
     kwargs: dict[str, Any]
     torch: Callable[[list[torch.Tensor]], optim.Optimizer] | None = None
     optax: Callable[[Any], Any] | None = None  # optax module -> optax transformation
+    closed_form: Callable[..., Any] | None = None  # (p, g, state: dict, t) -> new p, per leaf
     sign: float = 1.0  # -1: maximize (the reference ascends the negated loss)
 
 
@@ -56,6 +57,58 @@ class Entry:
     errors: tuple[tuple[dict[str, Any], type, str], ...] = ()
     inductor: bool = False
     zero_grad_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# Closed forms, written out in plain torch from the papers / optax's definitions, one tensor at a
+# time: (p, g, state, t) -> new p, with ``state`` a dict the function fills (t = 1, 2, ...). They
+# keep the optax-only optimizers checked where jax is not installed (CI).
+
+
+def _lion(lr, b1, b2, wd):
+    def step(p, g, s, t):
+        m = s.get("m", torch.zeros_like(p))
+        u = torch.sign(b1 * m + (1 - b1) * g)
+        s["m"] = b2 * m + (1 - b2) * g
+        return p - lr * (u + wd * p)
+
+    return step
+
+
+def _sign_sgd(lr):
+    return lambda p, g, s, t: p - lr * torch.sign(g)
+
+
+def _adabelief(lr, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16):
+    def step(p, g, s, t):
+        m = s["m"] = b1 * s.get("m", 0) + (1 - b1) * g
+        v = s["v"] = b2 * s.get("v", 0) + (1 - b2) * (g - m) ** 2 + eps_root
+        return p - lr * (m / (1 - b1**t)) / (torch.sqrt(v / (1 - b2**t)) + eps)
+
+    return step
+
+
+def _yogi(lr, b1=0.9, b2=0.999, eps=1e-3, init=1e-6):
+    def step(p, g, s, t):
+        m = s["m"] = b1 * s.get("m", init) + (1 - b1) * g
+        v0 = s.get("v", torch.full_like(p, init))
+        v = s["v"] = v0 - (1 - b2) * torch.sign(v0 - g**2) * g**2
+        return p - lr * (m / (1 - b1**t)) / (torch.sqrt(v / (1 - b2**t)) + eps)
+
+    return step
+
+
+def _adan(lr, wd, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8):
+    def step(p, g, s, t):
+        diff = g - s["g"] if t > 1 else torch.zeros_like(g)
+        m = s["m"] = b1 * s.get("m", 0) + (1 - b1) * g
+        v = s["v"] = b2 * s.get("v", 0) + (1 - b2) * diff
+        n = s["n"] = b3 * s.get("n", 0) + (1 - b3) * (g + (1 - b2) * diff) ** 2
+        s["g"] = g
+        m_hat, v_hat, n_hat = m / (1 - b1**t), v / (1 - b2**t), n / (1 - b3**t)
+        u = (m_hat + (1 - b2) * v_hat) / (torch.sqrt(n_hat + eps_root) + eps)
+        return p - lr * (u + wd * p)
+
+    return step
 
 
 def _betas_error(name: str = "betas") -> tuple:
@@ -163,11 +216,13 @@ DB: dict[str, Entry] = {
                 "wd",
                 {"lr": 0.01, "weight_decay": 0.1},
                 optax=lambda ox: ox.lion(0.01, weight_decay=0.1),
+                closed_form=_lion(0.01, 0.9, 0.99, 0.1),
             ),
             Reference(
                 "straight-through",
                 {"lr": 0.01, "betas": (0.8, 0.95), "straight_through": True},
                 optax=lambda ox: ox.lion(0.01, b1=0.8, b2=0.95, weight_decay=0.0),
+                closed_form=_lion(0.01, 0.8, 0.95, 0.0),
             ),
         ),
         metas=(
@@ -180,11 +235,17 @@ DB: dict[str, Entry] = {
     ),
     "sign_sgd": Entry(
         references=(
-            Reference("plain", {"lr": 0.01}, optax=lambda ox: ox.sign_sgd(0.01)),
+            Reference(
+                "plain",
+                {"lr": 0.01},
+                optax=lambda ox: ox.sign_sgd(0.01),
+                closed_form=_sign_sgd(0.01),
+            ),
             Reference(
                 "straight-through",
                 {"lr": 0.01, "straight_through": True},
                 optax=lambda ox: ox.sign_sgd(0.01),
+                closed_form=_sign_sgd(0.01),
             ),
         ),
         metas=(
@@ -195,12 +256,23 @@ DB: dict[str, Entry] = {
         errors=(({"lr": -1.0}, HyperparameterError, r"^lr=-1\.0 "),),
     ),
     "adabelief": Entry(
-        references=(Reference("plain", {"lr": 0.05}, optax=lambda ox: ox.adabelief(0.05)),),
+        references=(
+            Reference(
+                "plain",
+                {"lr": 0.05},
+                optax=lambda ox: ox.adabelief(0.05),
+                closed_form=_adabelief(0.05),
+            ),
+        ),
         metas=(Meta({"lr": 0.05}),),
         errors=(_betas_error(), ({"eps_root": -1.0}, HyperparameterError, r"^eps_root=-1")),
     ),
     "yogi": Entry(
-        references=(Reference("plain", {"lr": 0.05}, optax=lambda ox: ox.yogi(0.05)),),
+        references=(
+            Reference(
+                "plain", {"lr": 0.05}, optax=lambda ox: ox.yogi(0.05), closed_form=_yogi(0.05)
+            ),
+        ),
         metas=(Meta({"lr": 0.05}),),
         errors=(_betas_error(),),
         inductor=True,
@@ -235,6 +307,7 @@ DB: dict[str, Entry] = {
                 "wd",
                 {"lr": 0.05, "weight_decay": 0.01},
                 optax=lambda ox: ox.adan(0.05, weight_decay=0.01),
+                closed_form=_adan(0.05, 0.01),
             ),
         ),
         metas=(Meta({"lr": 0.05}),),

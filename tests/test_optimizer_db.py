@@ -118,18 +118,37 @@ def _run_optax(make):
     return [torch.tensor(np.array(p)) for p in params]
 
 
+def _run_closed_form(step):
+    params, h, c = _problem()
+    states = [{} for _ in params]
+    for t in range(1, STEPS + 1):
+        grads = _grads(params, h, c, torch.sin, 1.0)
+        params = [step(p, g, s, t) for p, g, s in zip(params, grads, states, strict=True)]
+    return params
+
+
 REFERENCES = [
     pytest.param(name, ref, kind, id=f"{name}-{ref.id}-{kind}")
     for name in BUILTIN
     for ref in DB[name].references
-    for kind in ("torch", "optax")
+    for kind in ("torch", "optax", "closed_form")
     if getattr(ref, kind) is not None
 ]
 
 
+def test_every_optimizer_has_a_reference_that_needs_no_optional_package():
+    for name in BUILTIN:
+        assert any(r.torch or r.closed_form for r in DB[name].references), name
+
+
 @pytest.mark.parametrize("name, ref, kind", REFERENCES)
 def test_alias_matches_reference_over_50_float64_steps(name, ref, kind):
-    expected = _run_torch(ref.torch, ref.sign) if kind == "torch" else _run_optax(ref.optax)
+    if kind == "torch":
+        expected = _run_torch(ref.torch, ref.sign)
+    elif kind == "optax":
+        expected = _run_optax(ref.optax)
+    else:
+        expected = _run_closed_form(ref.closed_form)
     actual = _run_alias(name, ref.kwargs, ref.sign)
     for a, e in zip(actual, expected, strict=True):
         assert a.dtype == torch.float64 and a.shape == e.shape

@@ -21,6 +21,18 @@ from optcompile.rules import basic as _basic
 from optcompile.rules import rms as _rms
 from optcompile.rules import sgd as _sgd
 from optcompile.transform import utils as utils
+from optcompile.transform._elementwise import AddNoiseState, add_noise, centralize, clip, ema
+from optcompile.transform._wrappers import (
+    ApplyIfFiniteState,
+    LookaheadState,
+    MultiSteps,
+    MultiStepsState,
+    MultiTransformState,
+    apply_if_finite,
+    lookahead,
+    multi_transform,
+    partition,
+)
 
 __all__ = [
     "from_rule",
@@ -41,6 +53,21 @@ __all__ = [
     "scale_by_stddev",
     "scale_by_rss",
     "scale_by_adadelta",
+    # optax's transforms and wrappers
+    "ema",
+    "clip",
+    "centralize",
+    "add_noise",
+    "AddNoiseState",
+    "apply_if_finite",
+    "ApplyIfFiniteState",
+    "MultiSteps",
+    "MultiStepsState",
+    "multi_transform",
+    "partition",
+    "MultiTransformState",
+    "lookahead",
+    "LookaheadState",
 ]
 
 
