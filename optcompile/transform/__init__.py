@@ -18,6 +18,7 @@ from optcompile.fused import RuleTransformation, UpdatesStatistic, from_rule
 from optcompile.masking import MaskedState, masked
 from optcompile.rules import adam as _adam
 from optcompile.rules import basic as _basic
+from optcompile.rules import registry as _rule_registry
 from optcompile.rules import rms as _rms
 from optcompile.rules import sgd as _sgd
 from optcompile.transform import utils as utils
@@ -251,3 +252,19 @@ def nan_to_num(
         return optree.tree_map(fix, updates), state
 
     return GradientTransformation(init, update)
+
+
+def _export_rules() -> None:
+    """Every other built-in ``scale_by_*`` rule under its name (Lion's, Yogi's, ...).
+
+    A rule called with hyper-parameters is a transformation (``scale_by_lion(b1=0.8)``); the
+    ones above keep TorchOpt's positional signatures.
+    """
+    for name, value in _rule_registry().items():
+        glue = value.fn.__module__ == _basic.__name__  # scale_by_neg_lr: the aliases' last step
+        if name.startswith("scale_by_") and name not in globals() and not glue:
+            globals()[name] = value
+            __all__.append(name)
+
+
+_export_rules()
