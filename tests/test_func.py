@@ -341,3 +341,16 @@ def test_meta_optimizer_inside_vmap_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match=r"MetaSGD\.step.*torch\.func.*functional"):
         vmap(task)(xs, ys)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_func_optimizer_takes_any_pytree_and_returns_the_same_structure():
+    w = torch.randn(3, requires_grad=True)
+    b = torch.randn((), requires_grad=True)
+    optim = optcompile.FuncOptimizer(optcompile.sgd(0.1, backend="eager"))
+    new = optim.step((w**2).sum() + b**2, {"w": w, "b": b})
+    assert set(new) == {"w", "b"}
+    torch.testing.assert_close(new["w"], w - 0.2 * w)
+    torch.testing.assert_close(new["b"], b - 0.2 * b)

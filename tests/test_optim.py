@@ -536,3 +536,23 @@ def test_class_defaults_that_differ_from_the_functional_ones():
     assert inspect.signature(oc.adadelta).parameters["lr"].default == 1e-3
     assert inspect.signature(oc.RAdam).parameters["eps"].default == 1e-8
     assert inspect.signature(oc.radam).parameters["eps"].default == 1e-6
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_a_classic_step_in_inference_mode_does_not_break_later_meta_steps():
+    p = torch.ones(3, requires_grad=True)
+    classic = oc.Adam([p], lr=0.1, backend="eager")
+    p.grad = torch.ones(3)
+    with torch.inference_mode():
+        classic.step()
+    net = nn.Linear(3, 1)
+    meta = oc.MetaAdam(net, lr=0.1, backend="eager")
+    meta.step(net(torch.ones(2, 3)).sum())
+    net(torch.ones(2, 3)).sum().backward()
+
+
+def test_classic_optimizer_given_a_module_says_to_pass_its_parameters():
+    with pytest.raises(TypeError, match=r"pass module\.parameters\(\)"):
+        oc.Adam(nn.Linear(2, 2))

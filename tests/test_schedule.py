@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
+import optcompile
 from optcompile.errors import HyperparameterError
 from optcompile.schedule import (
     constant_schedule,
@@ -251,3 +252,13 @@ def test_piecewise_interpolate_rejects_an_unknown_type():
 
     with pytest.raises(ValueError, match=r"^interpolate_type='cubic' must be"):
         piecewise_interpolate_schedule("cubic", 1.0)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_schedule_returning_a_vector_is_a_clear_error():
+    tx = optcompile.sgd(lambda count: torch.ones(3), backend="eager")
+    p = torch.ones(2)
+    with pytest.raises(TypeError, match=r"a schedule must return a number or a 1-element tensor"):
+        tx.update(torch.ones(2), tx.init(p), params=p)
