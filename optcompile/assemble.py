@@ -136,6 +136,8 @@ def preconditioned(
 class _StraightThroughSign(torch.autograd.Function):
     """``sign(x)`` forward, the identity backward (and in forward mode)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.sign(x)
