@@ -29,7 +29,6 @@ from optcompile import (
     visual,
 )
 from optcompile.accelerated_op import accelerated_op_available
-from optcompile.alias import adadelta, adagrad, adam, adamax, adamw, radam, rmsprop, sgd
 from optcompile.base import EmptyState, GradientTransformation, UninitializedState, identity
 from optcompile.clip import clip_grad_norm
 from optcompile.combine import ChainedGradientTransformation, chain, explain
@@ -44,35 +43,8 @@ from optcompile.errors import (
 from optcompile.hook import register_hook
 from optcompile.lowering.backends import default_backend, set_default_backend
 from optcompile.lowering.stats import reset_stats, stats
-from optcompile.optim import (
-    SGD,
-    AdaDelta,
-    Adadelta,
-    AdaGrad,
-    Adagrad,
-    Adam,
-    AdaMax,
-    Adamax,
-    AdamW,
-    FuncOptimizer,
-    MetaAdaDelta,
-    MetaAdadelta,
-    MetaAdaGrad,
-    MetaAdagrad,
-    MetaAdam,
-    MetaAdaMax,
-    MetaAdamax,
-    MetaAdamW,
-    MetaOptimizer,
-    MetaRAdam,
-    MetaRMSProp,
-    MetaRMSprop,
-    MetaSGD,
-    Optimizer,
-    RAdam,
-    RMSProp,
-    RMSprop,
-)
+from optcompile.optim import FuncOptimizer, MetaOptimizer, Optimizer
+from optcompile.registry import publish_into
 from optcompile.rule import Rule, rule
 from optcompile.serialization import _register_builtin_states
 from optcompile.state import (
@@ -89,6 +61,7 @@ from optcompile.version import __version__ as __version__
 
 _register_builtin_states()
 
+
 __all__ = [
     # declaring rules
     "rule", "Rule", "sym", "explain",
@@ -96,13 +69,8 @@ __all__ = [
     "GradientTransformation", "ChainedGradientTransformation", "EmptyState", "UninitializedState",
     "identity", "chain", "apply_updates", "apply_transform", "clip_grad_norm", "nan_to_num",
     "register_hook",
-    "sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop",
-    # optimizer objects
+    # optimizer objects (the registered optimizers' aliases and classes are appended below)
     "Optimizer", "FuncOptimizer", "MetaOptimizer",
-    "SGD", "Adam", "AdamW", "Adamax", "AdaMax", "Adagrad", "AdaGrad", "Adadelta", "AdaDelta",
-    "RAdam", "RMSprop", "RMSProp",
-    "MetaSGD", "MetaAdam", "MetaAdamW", "MetaAdamax", "MetaAdaMax", "MetaAdagrad", "MetaAdaGrad",
-    "MetaAdadelta", "MetaAdaDelta", "MetaRAdam", "MetaRMSprop", "MetaRMSProp",
     # state utilities
     "ModuleState", "extract_state_dict", "recover_state_dict", "stop_gradient", "module_clone",
     "module_detach_",
@@ -116,3 +84,11 @@ __all__ = [
     "linear_solve", "nn", "optim", "pytree", "schedule", "state", "transform", "typing", "update",
     "utils", "version", "visual",
 ]  # fmt: skip
+
+# Every registered optimizer (see optcompile.registry): its alias, torch-style and meta classes,
+# published now and as each one is registered later.
+publish_into(
+    globals(),
+    __all__,
+    lambda info: {info.name: info.alias, **optim.classes.classes_of_registered(info)},
+)

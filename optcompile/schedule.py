@@ -31,6 +31,12 @@ __all__ = [
     "warmup_cosine_decay_schedule",
     "piecewise_constant_schedule",
     "join_schedules",
+    "warmup_constant_schedule",
+    "warmup_exponential_decay_schedule",
+    "sgdr_schedule",
+    "piecewise_interpolate_schedule",
+    "linear_onecycle_schedule",
+    "cosine_onecycle_schedule",
 ]
 
 Schedule = Callable[[int | torch.Tensor], float | torch.Tensor]
@@ -429,3 +435,213 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
         return schedules[i](count - bounds[i - 1] if i else count)
 
     return schedule
+
+
+# ------------------------------------------------------------------ composed schedules (optax)
+
+
+def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps: int) -> Schedule:
+    r"""Linear warm-up from ``init_value`` to ``peak_value`` over ``warmup_steps``, then constant.
+
+    .. math:: v(t) = v_0 + (v_p - v_0)\min(t / T_w, 1)
+
+    Raises:
+        TypeError: a value is not a real number or ``warmup_steps`` is not an int.
+        HyperparameterError: ``warmup_steps`` < 0.
+
+    Examples:
+        >>> sched = warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
+        >>> sched(2), sched(10)
+        (0.5, 1.0)
+    """
+    return linear_schedule(init_value, peak_value, warmup_steps)
+
+
+def warmup_exponential_decay_schedule(
+    init_value: float,
+    peak_value: float,
+    warmup_steps: int,
+    transition_steps: int,
+    decay_rate: float,
+    transition_begin: int = 0,
+    staircase: bool = False,
+    end_value: float | None = None,
+) -> Schedule:
+    r"""Linear warm-up to ``peak_value``, then :func:`exponential_decay` from it (optax).
+
+    .. math:: v(t) = \begin{cases} v_0 + (v_p - v_0)\, t / T_w & t < T_w \\
+        \mathrm{exponential\_decay}(v_p, \ldots)(t - T_w) & t \ge T_w \end{cases}
+
+    Raises:
+        TypeError, HyperparameterError: as :func:`linear_schedule` and :func:`exponential_decay`.
+
+    Examples:
+        >>> sched = warmup_exponential_decay_schedule(0.0, 1.0, 2, 1, 0.5)
+        >>> sched(1), sched(2), sched(4)
+        (0.5, 1.0, 0.25)
+    """
+    return join_schedules(
+        [
+            linear_schedule(init_value, peak_value, warmup_steps),
+            exponential_decay(
+                peak_value,
+                decay_rate,
+                transition_begin=transition_begin,
+                transition_steps=transition_steps,
+                staircase=staircase,
+                end_value=end_value,
+            ),
+        ],
+        [_integer("warmup_steps", warmup_steps, 0)],
+    )
+
+
+def sgdr_schedule(cosine_kwargs: Sequence[Mapping[str, float]]) -> Schedule:
+    r"""SGDR (Loshchilov & Hutter, 2017): warm restarts, one warm-up cosine cycle after another.
+
+    Each mapping holds the arguments of one :func:`warmup_cosine_decay_schedule` cycle
+    (``init_value``, ``peak_value``, ``warmup_steps``, ``decay_steps``, ``end_value``); cycle
+    :math:`i` starts when the previous ones' ``decay_steps`` have passed.
+
+    Raises:
+        TypeError: ``cosine_kwargs`` is not a sequence of mappings.
+        ValueError: it is empty.
+
+    Examples:
+        >>> cycle = {"init_value": 0.0, "peak_value": 1.0, "warmup_steps": 2, "decay_steps": 10}
+        >>> sched = sgdr_schedule([cycle, cycle])
+        >>> sched(2), sched(12)
+        (1.0, 1.0)
+    """
+    cycles = list(cosine_kwargs)
+    if not cycles:
+        raise ValueError("cosine_kwargs must hold at least one cycle")
+    schedules, boundaries, step = [], [], 0
+    for i, kwargs in enumerate(cycles):
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(f"cosine_kwargs[{i}] must be a mapping, got {type(kwargs).__name__}")
+        schedules.append(warmup_cosine_decay_schedule(**kwargs))
+        step += _integer(f"cosine_kwargs[{i}]['decay_steps']", kwargs.get("decay_steps"), 1)
+        boundaries.append(step)
+    return join_schedules(schedules, boundaries[:-1])
+
+
+def piecewise_interpolate_schedule(
+    interpolate_type: str,
+    init_value: float,
+    boundaries_and_scales: Mapping[int, float] | None = None,
+) -> Schedule:
+    r"""Interpolate between the values of :func:`piecewise_constant_schedule` (optax).
+
+    The value at boundary :math:`b_i` is :math:`v_i = v_0 \prod_{j \le i} s_j`; between
+    boundaries it moves from :math:`v_{i-1}` to :math:`v_i` linearly or along a half cosine,
+    :math:`v_i + \tfrac12 (v_{i-1} - v_i)(1 + \cos \pi p)`; after the last it stays.
+
+    Raises:
+        ValueError: ``interpolate_type`` is neither ``"linear"`` nor ``"cosine"``.
+        TypeError: a boundary is not an int or a scale not a real number.
+        HyperparameterError: a boundary or a scale is negative.
+
+    Examples:
+        >>> sched = piecewise_interpolate_schedule("linear", 1.0, {4: 0.5})
+        >>> sched(0), sched(2), sched(8)
+        (1.0, 0.75, 0.5)
+    """
+    if interpolate_type not in ("linear", "cosine"):
+        raise ValueError(
+            f"interpolate_type={interpolate_type!r} must be either 'linear' or 'cosine'"
+        )
+    value = _real("init_value", init_value)
+    items = sorted((boundaries_and_scales or {}).items())
+    bounds, values = [0], [value]
+    for boundary, scale in items:
+        step = _integer(f"boundaries_and_scales key {boundary!r}", boundary, 0)
+        factor = _real(f"boundaries_and_scales[{boundary!r}]", scale)
+        if factor < 0:
+            raise HyperparameterError(f"boundaries_and_scales[{boundary!r}]", scale, ">= 0")
+        bounds.append(step)
+        values.append(values[-1] * factor)
+    cosine = interpolate_type == "cosine"
+
+    def rule(count: torch.Tensor) -> torch.Tensor:
+        result = torch.zeros_like(count) + values[-1] * (count >= bounds[-1])
+        for start, end, v0, v1 in zip(
+            bounds[:-1], bounds[1:], values[:-1], values[1:], strict=True
+        ):
+            pct = (count - start) / max(end - start, 1)
+            if cosine:
+                between = v1 + (v0 - v1) / 2.0 * (torch.cos(math.pi * pct) + 1)
+            else:
+                between = (v1 - v0) * pct + v0
+            inside = (count >= start) & (count < end)
+            result = result + torch.where(inside, between, torch.zeros_like(between))
+        return result
+
+    return _from_tensor_rule(rule)
+
+
+def linear_onecycle_schedule(
+    transition_steps: int,
+    peak_value: float,
+    pct_start: float = 0.3,
+    pct_final: float = 0.85,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> Schedule:
+    r"""One cycle (Smith & Topin, 2017), linear: up to ``peak_value``, down, then annealed.
+
+    From :math:`v_p / d` up to :math:`v_p` by ``pct_start * transition_steps``, back to
+    :math:`v_p / d` by ``pct_final * transition_steps``, then to :math:`v_p / (d\,d_f)` at
+    ``transition_steps`` (optax's ``linear_onecycle_schedule``).
+
+    Raises:
+        HyperparameterError: ``transition_steps`` < 1.
+
+    Examples:
+        >>> sched = linear_onecycle_schedule(100, 1.0)
+        >>> sched(0), sched(30), round(sched(100), 12)
+        (0.04, 1.0, 4e-06)
+    """
+    steps = _integer("transition_steps", transition_steps, 1)
+    peak, div = _real("peak_value", peak_value), _real("div_factor", div_factor)
+    return piecewise_interpolate_schedule(
+        "linear",
+        peak / div,
+        {
+            int(_real("pct_start", pct_start) * steps): div,
+            int(_real("pct_final", pct_final) * steps): 1.0 / div,
+            steps: 1.0 / _real("final_div_factor", final_div_factor),
+        },
+    )
+
+
+def cosine_onecycle_schedule(
+    transition_steps: int,
+    peak_value: float,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> Schedule:
+    r"""One cycle (Smith & Topin, 2017), cosine: up to ``peak_value``, then down (optax).
+
+    Half-cosine from :math:`v_p / d` to :math:`v_p` by ``pct_start * transition_steps``, then
+    to :math:`v_p / (d\,d_f)` at ``transition_steps``.
+
+    Raises:
+        HyperparameterError: ``transition_steps`` < 1.
+
+    Examples:
+        >>> sched = cosine_onecycle_schedule(100, 1.0)
+        >>> round(sched(0), 12), sched(30)
+        (0.04, 1.0)
+    """
+    steps = _integer("transition_steps", transition_steps, 1)
+    div = _real("div_factor", div_factor)
+    return piecewise_interpolate_schedule(
+        "cosine",
+        _real("peak_value", peak_value) / div,
+        {
+            int(_real("pct_start", pct_start) * steps): div,
+            steps: 1.0 / (div * _real("final_div_factor", final_div_factor)),
+        },
+    )

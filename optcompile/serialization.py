@@ -31,9 +31,26 @@ def _register_builtin_states() -> None:
     from optcompile.base import EmptyState, UninitializedState
     from optcompile.rules import registry
     from optcompile.state import ModuleState
-    from optcompile.transform import MaskedState
+    from optcompile.transform import (
+        AddNoiseState,
+        ApplyIfFiniteState,
+        LookaheadState,
+        MaskedState,
+        MultiStepsState,
+        MultiTransformState,
+    )
 
-    register_safe_globals(EmptyState, UninitializedState, MaskedState, ModuleState)
+    register_safe_globals(
+        EmptyState,
+        UninitializedState,
+        MaskedState,
+        ModuleState,
+        AddNoiseState,
+        ApplyIfFiniteState,
+        LookaheadState,
+        MultiStepsState,
+        MultiTransformState,
+    )
     for rule in registry().values():
         rule.state_type_for(True)  # created, hence registered (see optcompile.rule)
         rule.state_type_for(False)

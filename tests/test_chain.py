@@ -49,7 +49,7 @@ def _adam_decay_scale(lr):
 
 def _decay_stddev_nesterov_schedule(lr):
     return [
-        optcompile.alias._flip_and_decay(0.05, True, B),
+        optcompile.assemble.flip_and_decay(0.05, True, B),
         T.scale_by_stddev(alpha=0.9, eps=1e-3, initial_scale=0.5, backend=B),
         T.trace(0.9, nesterov=True, backend=B),
         T.scale_by_schedule(linear_schedule(1.0, 0.1, transition_steps=3), backend=B),
@@ -321,3 +321,28 @@ def test_aliases_and_chains_pickle_and_keep_working():
     expected, _ = tx.update(grads, tx.init(params), params=params)
     got, _ = copy.update(grads, copy.init(params), params=params)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_momentum_update_does_not_alias_its_state():
+    tx = T.trace(momentum=0.9, backend="eager")
+    state = tx.init((torch.zeros(2),))
+    updates, state = tx.update((torch.ones(2),), state)
+    assert updates[0] is not state.trace[0]
+    updates[0].mul_(-0.1)  # a caller (or an in-place transform) scales its update
+    torch.testing.assert_close(state.trace[0], torch.ones(2))
+
+
+def test_fused_members_at_different_steps_keep_their_own_counts():
+    params, grads = (torch.ones(2),), (torch.tensor([1.0, -2.0]),)
+    tx = optcompile.chain(T.trace(momentum=0.5), T.scale_by_adam())
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = tx.update(grads, state)
+    state = (state[0], T.scale_by_adam().init(params))  # reset Adam only
+    updates, state = tx.update(grads, state)
+    # Adam's first step from a fresh state is sign(g) whatever the incoming magnitude.
+    torch.testing.assert_close(updates[0], torch.tensor([1.0, -1.0]))
+    assert [int(c) for c in state[1].count] == [1]

@@ -91,3 +91,16 @@ def test_settings_do_not_leak_out_of_the_call():
 
     assert inside() == ("eager", True)
     assert (current_backend(), first_order_active()) == (None, False)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_decorator_refuses_generators_and_non_bool_first_order():
+    def generator_loop():
+        yield
+
+    with pytest.raises(TypeError, match=r"cannot decorate the generator or coroutine function"):
+        optcompile.optcompile(backend="eager")(generator_loop)
+    with pytest.raises(TypeError, match=r"first_order='yes' must be True or False"):
+        optcompile.optcompile(first_order="yes")

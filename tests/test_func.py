@@ -358,3 +358,16 @@ def test_the_maml_vmap_example_matches_its_loop():
     looped = example.meta_gradient_loop(net, params, data)
     for a, b in zip(batched, looped, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_func_optimizer_takes_any_pytree_and_returns_the_same_structure():
+    w = torch.randn(3, requires_grad=True)
+    b = torch.randn((), requires_grad=True)
+    optim = optcompile.FuncOptimizer(optcompile.sgd(0.1, backend="eager"))
+    new = optim.step((w**2).sum() + b**2, {"w": w, "b": b})
+    assert set(new) == {"w", "b"}
+    torch.testing.assert_close(new["w"], w - 0.2 * w)
+    torch.testing.assert_close(new["b"], b - 0.2 * b)

@@ -210,3 +210,20 @@ def test_update_errors(make, call, error, match):
     tx = make()
     with pytest.raises(error, match=match):
         call(tx)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_gradient_of_another_shape_is_rejected_not_broadcast():
+    tx = optcompile.adam(0.1, backend="eager")
+    state = tx.init([torch.randn(3)])
+    with pytest.raises(ValueError, match=r"ScaleByAdamState\.mu\[0\] has shape \(3,\) but"):
+        tx.update([torch.randn(2, 3)], state)
+
+
+def test_params_of_another_shape_are_rejected():
+    tx = optcompile.adam(0.1, weight_decay=0.1, backend="eager")
+    state = tx.init([torch.randn(3)])
+    with pytest.raises(ValueError, match=r"params: leaf 0 has shape \(2,\) but its update"):
+        tx.update([torch.randn(3)], state, params=[torch.randn(2)])

@@ -608,3 +608,54 @@ def test_unknown_by(by):
         with pytest.raises(ValueError, match=message):
             oc.extract_state_dict(target, by=by)
     _assert_unchanged(net, snapshot, optimizer)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_tied_weights_stay_tied_and_match_the_functional_reference():
+    torch.manual_seed(0)
+    enc = nn.Linear(3, 3, bias=False).double()
+    dec = nn.Linear(3, 3, bias=False).double()
+    dec.weight = enc.weight
+    net = nn.Sequential(enc, nn.Tanh(), dec)
+    w0 = enc.weight
+    x = torch.randn(4, 3, dtype=torch.float64)
+    optim = oc.MetaSGD(net, lr=0.1, backend="eager")
+    for _ in range(2):
+        optim.step(((net(x) - x) ** 2).mean())
+    assert net[0].weight is net[2].weight
+    loss = ((net(x) - x) ** 2).mean()
+    (grad,) = torch.autograd.grad(loss, w0)
+
+    w = w0.detach().clone().requires_grad_()
+    current = w
+    f = lambda v: ((torch.tanh(x @ v.t()) @ v.t() - x) ** 2).mean()  # noqa: E731
+    for _ in range(2):
+        (g,) = torch.autograd.grad(f(current), current, create_graph=True)
+        current = current - 0.1 * g
+    expected_loss = f(current)
+    (expected,) = torch.autograd.grad(expected_loss, w)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
+
+
+def test_meta_optimizer_refuses_the_state_of_another_model():
+    small = oc.MetaAdam(nn.Linear(1, 1), lr=0.1, backend="eager")
+    large = oc.MetaAdam(nn.Linear(3, 1), lr=0.1, backend="eager")
+    with pytest.raises(
+        ValueError,
+        match=r"mu\[0\]: shape \(1, 1\) in the state_dict, but this optimizer's is \(1, 3\)",
+    ):
+        large.load_state_dict(small.state_dict())
+
+
+def test_step_with_a_stale_loss_is_an_error_and_changes_nothing():
+    net = nn.Linear(3, 1)
+    optim = oc.MetaSGD(net, lr=0.1, backend="eager")
+    loss = net(torch.ones(2, 3)).sum()
+    optim.step(loss)
+    before = [p for p in net.parameters()]
+    with pytest.raises(ValueError, match=r"loss does not depend on any parameter"):
+        optim.step(loss)  # computed before the last step
+    assert all(a is b for a, b in zip(before, net.parameters(), strict=True))

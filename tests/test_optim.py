@@ -477,18 +477,21 @@ _KINDS = {"P": inspect.Parameter.POSITIONAL_OR_KEYWORD, "K": inspect.Parameter.K
 
 @pytest.mark.parametrize("name", sorted(TORCHOPT_SIGNATURES))
 def test_signature_equals_torchopt(name):
-    """Names, order, kinds and defaults as in TorchOpt; optcompile may only append ``backend``.
+    """Names, order, kinds and defaults as in TorchOpt; optcompile may only append extensions.
 
-    ``backend`` (keyword-only, default None) is optcompile's one extension: being keyword-only
-    with a default, it cannot change the meaning of any TorchOpt call.
+    The extensions are ``amsgrad`` (Adam and AdamW, default False, as in torch.optim) and
+    ``backend`` (default None): being keyword-only with a default, they cannot change the
+    meaning of any TorchOpt call.
     """
     params = list(inspect.signature(getattr(oc, name)).parameters.values())
     first = "module" if name.startswith("Meta") else "params"
     assert params[0].name == first and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert params[0].default is EMPTY
     rest = params[1:]
-    if rest and rest[-1].name == "backend":
-        assert rest[-1].kind is inspect.Parameter.KEYWORD_ONLY and rest[-1].default is None
+    extensions = {"backend": None, "amsgrad": False}
+    while rest and rest[-1].name in extensions:
+        assert rest[-1].kind is inspect.Parameter.KEYWORD_ONLY
+        assert rest[-1].default is extensions[rest[-1].name]
         rest = rest[:-1]
     got = [(p.name, p.kind, p.default) for p in rest]
     expected = [(n, _KINDS[k], d) for n, k, d in TORCHOPT_SIGNATURES[name]]
@@ -533,3 +536,23 @@ def test_class_defaults_that_differ_from_the_functional_ones():
     assert inspect.signature(oc.adadelta).parameters["lr"].default == 1e-3
     assert inspect.signature(oc.RAdam).parameters["eps"].default == 1e-8
     assert inspect.signature(oc.radam).parameters["eps"].default == 1e-6
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_a_classic_step_in_inference_mode_does_not_break_later_meta_steps():
+    p = torch.ones(3, requires_grad=True)
+    classic = oc.Adam([p], lr=0.1, backend="eager")
+    p.grad = torch.ones(3)
+    with torch.inference_mode():
+        classic.step()
+    net = nn.Linear(3, 1)
+    meta = oc.MetaAdam(net, lr=0.1, backend="eager")
+    meta.step(net(torch.ones(2, 3)).sum())
+    net(torch.ones(2, 3)).sum().backward()
+
+
+def test_classic_optimizer_given_a_module_says_to_pass_its_parameters():
+    with pytest.raises(TypeError, match=r"pass module\.parameters\(\)"):
+        oc.Adam(nn.Linear(2, 2))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
+import optcompile
 from optcompile.errors import HyperparameterError
 from optcompile.schedule import (
     constant_schedule,
@@ -183,3 +184,81 @@ ERRORS = [
 def test_bad_arguments_are_rejected_at_construction(factory, args, error, match):
     with pytest.raises(error, match=match):
         factory(*args)
+
+
+# ------------------------------------------------------------------ optax's composed schedules
+
+_CYCLE = {"init_value": 0.1, "peak_value": 1.0, "warmup_steps": 3, "decay_steps": 10}
+# (ours, optax's of the same arguments)
+OPTAX_CASES = {
+    "warmup_constant": (
+        lambda m: m.warmup_constant_schedule(0.1, 1.0, 5),
+        "warmup_constant_schedule",
+    ),
+    "warmup_exponential_decay": (
+        lambda m: m.warmup_exponential_decay_schedule(
+            0.1, 1.0, 4, 3, 0.5, transition_begin=2, staircase=True, end_value=0.2
+        ),
+        "warmup_exponential_decay_schedule",
+    ),
+    "sgdr": (lambda m: m.sgdr_schedule([_CYCLE, {**_CYCLE, "peak_value": 0.5}]), "sgdr_schedule"),
+    "piecewise_linear": (
+        lambda m: m.piecewise_interpolate_schedule("linear", 2.0, {3: 0.5, 9: 0.1, 10: 3.0}),
+        "piecewise_interpolate_schedule",
+    ),
+    "piecewise_cosine": (
+        lambda m: m.piecewise_interpolate_schedule("cosine", 2.0, {4: 0.5, 12: 0.1}),
+        "piecewise_interpolate_schedule",
+    ),
+    "linear_onecycle": (lambda m: m.linear_onecycle_schedule(40, 2.0), "linear_onecycle_schedule"),
+    "cosine_onecycle": (
+        lambda m: m.cosine_onecycle_schedule(40, 2.0, pct_start=0.25),
+        "cosine_onecycle_schedule",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTAX_CASES))
+def test_composed_schedules_match_optax(name):
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    jax.config.update("jax_enable_x64", True)
+    import optcompile.schedule as ours
+
+    make, _ = OPTAX_CASES[name]
+    schedule, reference = make(ours), make(optax)
+    for t in [*COUNTS, 25, 30, 35, 39, 40, 41]:
+        expected = float(reference(t))
+        # optax evaluates parts of the interpolation in float32 even with x64 enabled.
+        assert schedule(t) == pytest.approx(expected, rel=1e-7, abs=1e-12), t
+        tensor_value = schedule(torch.tensor(t)).item()
+        assert tensor_value == pytest.approx(expected, rel=1e-6, abs=1e-7), t
+
+
+def test_piecewise_interpolate_traces_without_graph_breaks():
+    from optcompile.schedule import piecewise_interpolate_schedule
+
+    schedule = piecewise_interpolate_schedule("cosine", 1.0, {3: 0.5, 8: 0.1})
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(schedule, backend=counter, fullgraph=True)
+    for t in (0, 4, 11):
+        assert compiled(torch.tensor(t)).item() == pytest.approx(schedule(t), rel=1e-6, abs=1e-7)
+    assert counter.frame_count == 1
+
+
+def test_piecewise_interpolate_rejects_an_unknown_type():
+    from optcompile.schedule import piecewise_interpolate_schedule
+
+    with pytest.raises(ValueError, match=r"^interpolate_type='cubic' must be"):
+        piecewise_interpolate_schedule("cubic", 1.0)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_schedule_returning_a_vector_is_a_clear_error():
+    tx = optcompile.sgd(lambda count: torch.ones(3), backend="eager")
+    p = torch.ones(2)
+    with pytest.raises(TypeError, match=r"a schedule must return a number or a 1-element tensor"):
+        tx.update(torch.ones(2), tx.init(p), params=p)

@@ -4,6 +4,7 @@ name; every optcompile state loads with ``torch.load``'s defaults (issue 16, fix
 from __future__ import annotations
 
 import io
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -220,3 +221,21 @@ def test_torchopt_non_flat_state_loads():
     assert [c.item() for c in loaded.count] == [1, 1]
     for a, b in zip(loaded.mu, state[0].mu, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_optimizer_states_survive_torch_save_and_a_fresh_process(tmp_path):
+    schedule = optcompile.schedule.linear_schedule(0.1, 0.01, 10)
+    for tx in (optcompile.adam(0.1), optcompile.sgd(0.1, momentum=0.9), optcompile.adam(schedule)):
+        state = tx.init([torch.ones(2)])
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        buffer.seek(0)
+        assert repr(torch.load(buffer, weights_only=False)) == repr(state)
+    path = tmp_path / "state.pkl"
+    path.write_bytes(pickle.dumps(optcompile.rmsprop(0.1, momentum=0.5).init([torch.ones(2)])))
+    code = f"import pickle; print(pickle.loads(open({str(path)!r}, 'rb').read()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("(ScaleByRmsState(nu=[tensor([0., 0.])]), TraceState(")

@@ -143,9 +143,16 @@ def test_whole_torchopt_namespace_is_importable_from_optcompile():
     assert not missing, "\n".join(missing)
 
 
+_EXTENSIONS = ("backend", "amsgrad")
+
+
 def _parameters(fn):
-    """(name, kind, default) of each parameter; keyword-only ones as a set; ``backend`` dropped."""
-    params = [p for p in inspect.signature(fn).parameters.values() if p.name != "backend"]
+    """(name, kind, default) of each parameter; keyword-only ones as a set; our extensions dropped.
+
+    The extensions are keyword-only with defaults, so TorchOpt code never sees them: ``backend``
+    and torch.optim's ``amsgrad`` flag on Adam and AdamW.
+    """
+    params = [p for p in inspect.signature(fn).parameters.values() if p.name not in _EXTENSIONS]
     positional = [(p.name, p.kind, repr(p.default)) for p in params if p.kind != p.KEYWORD_ONLY]
     keyword = {(p.name, repr(p.default)) for p in params if p.kind == p.KEYWORD_ONLY}
     return positional, keyword

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import optcompile
 from optcompile.state import extract_state_dict
 from optcompile.visual import make_dot, resize_graph
 
@@ -148,3 +149,16 @@ def test_missing_graphviz_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "graphviz", None)
     with pytest.raises(ImportError, match="pip install graphviz"):
         make_dot(torch.ones(1))
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_visual_names_every_parameter_of_a_fused_step():
+    net = nn.Linear(3, 2)
+    optim = optcompile.MetaSGD(net, lr=0.1, backend="eager")
+    optim.step(net(torch.ones(1, 3)).sum())
+    state = optcompile.extract_state_dict(net, enable_visual=True, visual_prefix="step1.")
+    assert sorted(state.visual_contents.values()) == ["step1.weight, step1.bias"]
+    dot = optcompile.visual.make_dot(net(torch.ones(1, 3)).sum(), params=state)
+    assert "step1.weight, step1.bias" in dot.source

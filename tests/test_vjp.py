@@ -200,3 +200,36 @@ def test_third_order_backward_runs_on_the_eager_vjp():
         return d.sum()
 
     assert torch.autograd.gradcheck(first, (g,))
+
+
+# ------------------------------------------------------------------ found in review
+
+F64 = torch.float64
+
+
+def _hessian_after_inner_steps(make_tx, w0: torch.Tensor, steps: int) -> torch.Tensor:
+    """d/dw of (d outer / dw) through ``steps`` differentiable inner steps (double backward)."""
+    w = w0.clone().requires_grad_()
+    tx = make_tx()
+    state = tx.init(w)
+    current = w
+    for _ in range(steps):
+        (g,) = torch.autograd.grad((current**4).sum() * 0.25, current, create_graph=True)
+        current, state = optcompile.apply_transform(tx, g, state, current, inplace=False)
+    (gw,) = torch.autograd.grad(((current - 1) ** 2).sum(), w, create_graph=True)
+    (h,) = torch.autograd.grad(gw.sum(), w)
+    return h
+
+
+def test_double_backward_through_radam_is_finite_during_its_unrectified_steps():
+    w0 = torch.tensor([0.3, -0.7, 1.2], dtype=F64)
+    h = _hessian_after_inner_steps(lambda: optcompile.radam(0.1, backend="eager"), w0, 3)
+    assert torch.isfinite(h).all()
+
+
+def test_double_backward_with_zero_gradients_is_finite():
+    """An exactly-zero gradient puts sqrt at 0 inside the VJP that autograd differentiates."""
+    w0 = torch.tensor([0.0, 0.5, 0.0], dtype=F64)
+    for make in (optcompile.adam, optcompile.rmsprop, optcompile.adagrad):
+        h = _hessian_after_inner_steps(lambda make=make: make(0.1, backend="eager"), w0, 2)
+        assert torch.isfinite(h).all(), make.__name__

@@ -14,7 +14,8 @@ MODULES = ["optcompile", "optcompile.transform", "optcompile.transform.utils",
            "optcompile.alias.utils", "optcompile.accelerated_op", "optcompile.schedule",
            "optcompile.hook", "optcompile.clip", "optcompile.visual", "optcompile.sym",
            "optcompile.diff.implicit", "optcompile.diff.zero_order", "optcompile.linear_solve",
-           "optcompile.linalg", "optcompile.nn"]  # fmt: skip
+           "optcompile.linalg", "optcompile.nn", "optcompile.registry",
+           "optcompile.assemble"]  # fmt: skip
 
 
 def _summary(obj: object) -> str:

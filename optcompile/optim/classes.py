@@ -1,37 +1,34 @@
-"""The torch-style (``Adam``) and meta (``MetaAdam``) classes, generated from the aliases.
+"""The torch-style (``Adam``) and meta (``MetaAdam``) classes, generated from the registry.
 
-Each class has TorchOpt's exact signature (names, order, defaults); its ``__init__`` binds the
-arguments and builds the alias. Generating them keeps the eight optimizers x two families from
-being written sixteen times.
+Each registered optimizer (see :mod:`optcompile.registry`) gets a torch-style class taking
+``params`` and a meta class taking ``module``, with the alias's signature (names, order, defaults)
+adjusted by the declaration (``class_defaults``, ``meta_defaults``, ``class_order``,
+``class_drop``): TorchOpt's exact signatures for TorchOpt's optimizers. ``__init__`` binds the
+arguments and builds the alias.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from optcompile import alias
 from optcompile.optim.base import Optimizer
 from optcompile.optim.meta.base import MetaOptimizer
+from optcompile.registry import OptimizerInfo, publish_into
 
-__all__ = [
-    "SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RAdam", "RMSprop",
-    "AdaMax", "AdaGrad", "AdaDelta", "RMSProp",
-    "MetaSGD", "MetaAdam", "MetaAdamW", "MetaAdamax", "MetaAdagrad", "MetaAdadelta", "MetaRAdam",
-    "MetaRMSprop", "MetaAdaMax", "MetaAdaGrad", "MetaAdaDelta", "MetaRMSProp",
-]  # fmt: skip
+__all__: list[str] = []  # filled below, one torch-style and one meta name per spelling
 
 
 def _signature(
     fn: Callable,
     first: str,
-    order: Sequence[str] | None,
-    defaults: dict[str, Any],
+    order: Sequence[str],
+    defaults: Mapping[str, Any],
     drop: Sequence[str],
 ) -> inspect.Signature:
     params = {p.name: p for p in inspect.signature(fn).parameters.values() if p.name not in drop}
-    order = [n for n in order or () if n in params]
+    order = [n for n in order if n in params]
     names = order + [n for n in params if n not in order]
     new = [inspect.Parameter(first, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for name in names:
@@ -42,17 +39,9 @@ def _signature(
     return inspect.Signature(new)
 
 
-def _make(
-    base: type,
-    name: str,
-    fn: Callable,
-    *,
-    first: str,
-    order: Sequence[str] | None = None,
-    drop: Sequence[str] = (),
-    **defaults: Any,
-) -> type:
-    signature = _signature(fn, first, order, defaults, drop)
+def make_class(base: type, name: str, fn: Callable, signature: inspect.Signature) -> type:
+    """A ``base`` subclass whose ``__init__(first, ...)`` has ``signature`` and runs ``fn``."""
+    first = next(iter(signature.parameters))
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
@@ -76,57 +65,35 @@ def _make(
     return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
 
-# TorchOpt's SGD classes take every argument positionally, in this order (weight_decay before
-# dampening, unlike sgd()); `moment_requires_grad` is dropped from the classic SGD.
-_SGD_ORDER = (
-    "lr",
-    "momentum",
-    "weight_decay",
-    "dampening",
-    "nesterov",
-    "moment_requires_grad",
-    "maximize",
-)
-_CLASSIC = {"first": "params", "drop": ("moment_requires_grad",)}
+def classes_of(info: OptimizerInfo) -> dict[str, type]:
+    """The torch-style and meta classes of one registered optimizer, under every spelling."""
+    name, meta_name = info.classes[0], info.meta_classes[0]
+    torch_style = make_class(
+        Optimizer,
+        name,
+        info.alias,
+        _signature(info.alias, "params", info.class_order, info.class_defaults, info.class_drop),
+    )
+    meta_defaults = {**info.class_defaults, **info.meta_defaults}
+    meta = make_class(
+        MetaOptimizer,
+        meta_name,
+        info.alias,
+        _signature(info.alias, "module", info.class_order, meta_defaults, ()),
+    )
+    made = {spelling: torch_style for spelling in info.classes}
+    made.update({spelling: meta for spelling in info.meta_classes})
+    return made
 
-SGD = _make(Optimizer, "SGD", alias.sgd, order=_SGD_ORDER, **_CLASSIC)
-Adam = _make(Optimizer, "Adam", alias.adam, **_CLASSIC)
-AdamW = _make(Optimizer, "AdamW", alias.adamw, **_CLASSIC)
-Adamax = AdaMax = _make(Optimizer, "Adamax", alias.adamax, lr=2e-3, eps=1e-8, **_CLASSIC)
-Adagrad = AdaGrad = _make(Optimizer, "Adagrad", alias.adagrad, **_CLASSIC)
-Adadelta = AdaDelta = _make(Optimizer, "Adadelta", alias.adadelta, lr=1.0, **_CLASSIC)
-RAdam = _make(Optimizer, "RAdam", alias.radam, eps=1e-8, **_CLASSIC)
-RMSprop = RMSProp = _make(Optimizer, "RMSprop", alias.rmsprop, **_CLASSIC)
 
-MetaSGD = _make(
-    MetaOptimizer,
-    "MetaSGD",
-    alias.sgd,
-    first="module",
-    order=_SGD_ORDER,
-    moment_requires_grad=True,
-)
-MetaAdam = _make(MetaOptimizer, "MetaAdam", alias.adam, first="module", moment_requires_grad=True)
-MetaAdamW = _make(MetaOptimizer, "MetaAdamW", alias.adamw, first="module")
-MetaAdamax = MetaAdaMax = _make(
-    MetaOptimizer,
-    "MetaAdamax",
-    alias.adamax,
-    first="module",
-    lr=2e-3,
-    eps=1e-8,
-    moment_requires_grad=True,
-)
-MetaAdagrad = MetaAdaGrad = _make(MetaOptimizer, "MetaAdagrad", alias.adagrad, first="module")
-MetaAdadelta = MetaAdaDelta = _make(
-    MetaOptimizer,
-    "MetaAdadelta",
-    alias.adadelta,
-    first="module",
-    lr=1.0,
-    moment_requires_grad=True,
-)
-MetaRAdam = _make(
-    MetaOptimizer, "MetaRAdam", alias.radam, first="module", eps=1e-8, moment_requires_grad=True
-)
-MetaRMSprop = MetaRMSProp = _make(MetaOptimizer, "MetaRMSprop", alias.rmsprop, first="module")
+_MADE: dict[str, tuple[OptimizerInfo, dict[str, type]]] = {}
+
+
+def classes_of_registered(info: OptimizerInfo) -> dict[str, type]:
+    """:func:`classes_of`, made once per registered optimizer and shared by every namespace."""
+    if info.name not in _MADE or _MADE[info.name][0] is not info:
+        _MADE[info.name] = (info, classes_of(info))
+    return _MADE[info.name][1]
+
+
+publish_into(globals(), __all__, classes_of_registered)

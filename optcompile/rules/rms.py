@@ -1,11 +1,21 @@
-"""Second-moment scalers: RMSProp (plain and centred), AdaGrad, AdaDelta."""
+"""Second-moment scalers and their optimizers: RMSProp (plain and centred), AdaGrad, AdaDelta."""
 
 from __future__ import annotations
 
-from optcompile import sym
-from optcompile.rule import rule
+from typing import Any
 
-__all__ = ["scale_by_rms", "scale_by_stddev", "scale_by_rss", "scale_by_adadelta"]
+from optcompile import sym
+from optcompile.assemble import chain_of, flip_and_decay, is_zero, neg_lr, preconditioned
+from optcompile.base import GradientTransformation
+from optcompile.fused import from_rule
+from optcompile.registry import optimizer
+from optcompile.rule import rule
+from optcompile.rules.sgd import trace, trace_nesterov
+
+__all__ = [
+    "scale_by_rms", "scale_by_stddev", "scale_by_rss", "scale_by_adadelta",
+    "adagrad", "adadelta", "rmsprop",
+]  # fmt: skip
 
 
 @rule(
@@ -73,3 +83,89 @@ def scale_by_adadelta(g, mu, nu, *, rho=0.9, eps=1e-6):
     delta = sym.sqrt(nu + eps) / sym.sqrt(mu + eps) * g
     nu = rho * nu + (1 - rho) * delta**2
     return delta, (mu, nu)
+
+
+@optimizer(
+    classes=("Adagrad", "AdaGrad"),
+    domains={"lr_decay": ">= 0", "initial_accumulator_value": ">= 0", "eps": ">= 0"},
+)
+def adagrad(
+    lr: Any = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    maximize: bool = False,
+    backend: str | None = None,
+) -> GradientTransformation:
+    r"""AdaGrad (Duchi et al., 2011), as ``torch.optim.Adagrad``."""
+    return preconditioned(
+        scale_by_rss,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        backend=backend,
+        eps=eps,
+        lr_decay=lr_decay,
+        initial_accumulator_value=initial_accumulator_value,
+    )
+
+
+@optimizer(
+    classes=("Adadelta", "AdaDelta"),
+    domains={"rho": "[0, 1]", "eps": ">= 0"},
+    class_defaults={"lr": 1.0},
+    meta_defaults={"moment_requires_grad": True},
+)
+def adadelta(
+    lr: Any = 1e-3,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    moment_requires_grad: bool = False,
+    backend: str | None = None,
+) -> GradientTransformation:
+    r"""AdaDelta (Zeiler, 2012), as ``torch.optim.Adadelta``."""
+    return preconditioned(
+        scale_by_adadelta,
+        lr=lr,
+        weight_decay=weight_decay,
+        backend=backend,
+        rho=rho,
+        eps=eps,
+        moment_requires_grad=moment_requires_grad,
+    )
+
+
+@optimizer(
+    classes=("RMSprop", "RMSProp"),
+    domains={"alpha": "[0, 1]", "eps": ">= 0", "momentum": ">= 0", "initial_scale": ">= 0"},
+)
+def rmsprop(
+    lr: Any = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    *,
+    initial_scale: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    backend: str | None = None,
+) -> GradientTransformation:
+    r"""RMSProp (Tieleman & Hinton, 2012), plain or centred, with momentum (torch.optim.RMSprop)."""
+    scaler = scale_by_stddev if centered else scale_by_rms
+    momentum_tx = None
+    if not is_zero(momentum):
+        momentum_tx = from_rule(
+            trace_nesterov if nesterov else trace, momentum=momentum, backend=backend
+        )
+    return chain_of(
+        flip_and_decay(weight_decay, maximize, backend),
+        from_rule(scaler, alpha=alpha, eps=eps, initial_scale=initial_scale, backend=backend),
+        momentum_tx,
+        neg_lr(lr, backend),
+    )

@@ -8,18 +8,32 @@ rule sees, and ``nan_to_num`` must act on values the rule language cannot test (
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import optree
 import torch
 
 from optcompile.base import EmptyState, GradientTransformation
 from optcompile.fused import RuleTransformation, UpdatesStatistic, from_rule
+from optcompile.masking import MaskedState, masked
 from optcompile.rules import adam as _adam
 from optcompile.rules import basic as _basic
+from optcompile.rules import registry as _rule_registry
 from optcompile.rules import rms as _rms
 from optcompile.rules import sgd as _sgd
 from optcompile.transform import utils as utils
+from optcompile.transform._elementwise import AddNoiseState, add_noise, centralize, clip, ema
+from optcompile.transform._wrappers import (
+    ApplyIfFiniteState,
+    LookaheadState,
+    MultiSteps,
+    MultiStepsState,
+    MultiTransformState,
+    apply_if_finite,
+    lookahead,
+    multi_transform,
+    partition,
+)
 
 __all__ = [
     "from_rule",
@@ -40,6 +54,21 @@ __all__ = [
     "scale_by_stddev",
     "scale_by_rss",
     "scale_by_adadelta",
+    # optax's transforms and wrappers
+    "ema",
+    "clip",
+    "centralize",
+    "add_noise",
+    "AddNoiseState",
+    "apply_if_finite",
+    "ApplyIfFiniteState",
+    "MultiSteps",
+    "MultiStepsState",
+    "multi_transform",
+    "partition",
+    "MultiTransformState",
+    "lookahead",
+    "LookaheadState",
 ]
 
 
@@ -196,59 +225,6 @@ def scale_by_stddev(
     )
 
 
-class MaskedState(NamedTuple):
-    """The state of :func:`masked`: the inner transformation's state on the selected leaves."""
-
-    inner_state: Any
-
-
-def masked(inner: GradientTransformation, mask: Any = None) -> GradientTransformation:
-    """Apply ``inner`` only to the leaves where ``mask`` is True; others pass through unchanged.
-
-    Args:
-        inner: the transformation to restrict.
-        mask: a pytree of bools with the params' structure, or a callable ``params -> mask``;
-            None (TorchOpt's default) selects every leaf, so ``masked(inner)`` is ``inner``
-            with a ``MaskedState`` around its state.
-    """
-
-    def select(tree: Any, mask_tree: Any) -> Any:
-        return optree.tree_map(
-            lambda leaf, keep: leaf if keep else None, tree, mask_tree, none_is_leaf=True
-        )
-
-    def resolve(params: Any) -> Any:
-        if mask is None:
-            return optree.tree_map(lambda _: True, params, none_is_leaf=True)
-        return mask(params) if callable(mask) else mask
-
-    def init(params: Any) -> MaskedState:
-        return MaskedState(inner.init(select(params, resolve(params))))
-
-    def update(
-        updates: Any, state: MaskedState, *, params: Any = None, inplace: bool = True
-    ) -> tuple[Any, MaskedState]:
-        if not isinstance(state, MaskedState):
-            raise ValueError(f"state: expected a MaskedState, got {type(state).__name__}")
-        mask_tree = resolve(params if params is not None else updates)
-        inner_updates, inner_state = inner.update(
-            select(updates, mask_tree),
-            state.inner_state,
-            params=None if params is None else select(params, mask_tree),
-            inplace=inplace,
-        )
-        merged = optree.tree_map(
-            lambda new, old, keep: new if keep else old,
-            inner_updates,
-            updates,
-            mask_tree,
-            none_is_leaf=True,
-        )
-        return merged, MaskedState(inner_state)
-
-    return GradientTransformation(init, update)
-
-
 def add_decayed_weights(
     weight_decay: Any = 0.0, mask: Any = None, *, backend: str | None = None
 ) -> GradientTransformation:
@@ -276,3 +252,19 @@ def nan_to_num(
         return optree.tree_map(fix, updates), state
 
     return GradientTransformation(init, update)
+
+
+def _export_rules() -> None:
+    """Every other built-in ``scale_by_*`` rule under its name (Lion's, Yogi's, ...).
+
+    A rule called with hyper-parameters is a transformation (``scale_by_lion(b1=0.8)``); the
+    ones above keep TorchOpt's positional signatures.
+    """
+    for name, value in _rule_registry().items():
+        glue = value.fn.__module__ == _basic.__name__  # scale_by_neg_lr: the aliases' last step
+        if name.startswith("scale_by_") and name not in globals() and not glue:
+            globals()[name] = value
+            __all__.append(name)
+
+
+_export_rules()
