@@ -16,9 +16,11 @@ segment inputs plus one segment's graph at a time.
 Why not ``torch.utils.checkpoint``: its non-reentrant variant rests on saved-tensor hooks,
 which ``torch.func.grad`` (the inner gradient of a functional step) refuses; the reentrant
 variant cannot return gradients through ``torch.autograd.grad``. Here the recomputation is
-differentiated with ``torch.autograd.grad`` *with respect to the saved input tensors
-themselves* (not detached copies), so an outer ``backward(create_graph=True)`` records a graph
-that reaches the real inputs, and higher-order derivatives stay correct.
+differentiated with ``torch.autograd.grad``. With respect to fresh leaves made from the saved
+carry, normally: so the nested call cannot run earlier segments' backward, which also reach
+the extras. Under an outer ``backward(create_graph=True)``, with respect to the saved carry
+itself, so the recorded graph reaches the real inputs and higher-order derivatives stay correct
+(extras are refused there, since they would pull in the earlier segments).
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ class Segment(torch.autograd.Function):
         if not wanted:
             return (None,) * (3 + len(tensors))
         create_graph = torch.is_grad_enabled()
+        if create_graph:
+            # Differentiate with respect to the saved carry itself, so that the graph this
+            # backward records reaches the real inputs (higher-order derivatives).
+            if any(i >= ctx.n_carry for i in wanted):
+                raise RuntimeError(
+                    "a backward with create_graph=True through a checkpointed segment cannot "
+                    "also differentiate meta=... tensors or batches: the recomputation would "
+                    "run the earlier segments' backward too. Use checkpoint_every=None for "
+                    "higher-order meta-gradients with respect to such tensors"
+                )
+        else:
+            # Fresh leaves: the nested autograd.grad cannot reach earlier segments, which
+            # also depend on the extras (a learnable learning rate is read by every segment).
+            carry = tuple(
+                t.detach().requires_grad_(need) for t, need in zip(carry, needs, strict=False)
+            )
+        tensors = (*carry, *tensors[ctx.n_carry :])
         start = _next_sequence_nr()
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):
             torch.set_rng_state(ctx.rng)
