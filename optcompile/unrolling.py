@@ -99,15 +99,19 @@ def _batches(batches: Iterable[Any] | int) -> list[Any]:
     return list(batches)
 
 
-def _releaf(tree: Any) -> Any:
-    """Detached copies of every tensor leaf that keep ``requires_grad`` (floating ones)."""
+def _releaf(tree: Any, like: Any) -> Any:
+    """Detached copies of ``tree``'s tensor leaves, requiring grad where ``like``'s do.
 
-    def one(leaf: Any) -> Any:
+    ``like`` is the tree before the graph-free steps (whose outputs never require grad).
+    """
+
+    def one(leaf: Any, before: Any) -> Any:
         if not isinstance(leaf, torch.Tensor):
             return leaf
-        return leaf.detach().requires_grad_(leaf.requires_grad and leaf.is_floating_point())
+        wants = isinstance(before, torch.Tensor) and before.requires_grad
+        return leaf.detach().requires_grad_(wants and leaf.is_floating_point())
 
-    return optree.tree_map(one, tree, none_is_leaf=True)
+    return optree.tree_map(one, tree, like, none_is_leaf=True)
 
 
 def _grad_leaves(tree: Any) -> list[torch.Tensor]:
@@ -201,10 +205,11 @@ def unroll(
         return params, state
     n_free = len(steps) - n_diff
     if n_free:
+        before = (params, state)
         with torch.no_grad():
             for batch in steps[:n_free]:
                 params, state = step_fn(params, state, batch)
-        params, state = _releaf(params), _releaf(state)
+        params, state = _releaf((params, state), before)
     tail = steps[n_free:]
     if k is None:
         for batch in tail:
