@@ -45,10 +45,10 @@ def _problem(dtype=torch.float64):
         torch.randn(5, 4, generator=gen, dtype=dtype).requires_grad_(),
         torch.randn(4, 3, generator=gen, dtype=dtype).requires_grad_(),
     )
-    batches = [
-        (torch.randn(8, 5, generator=gen, dtype=dtype), torch.randn(8, 3, generator=gen, dtype=dtype))
-        for _ in range(7)
-    ]  # fmt: skip
+    def draw(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+
+    batches = [(draw(8, 5), draw(8, 3)) for _ in range(7)]
     return params, batches
 
 
