@@ -52,10 +52,8 @@ def _functional(net: nn.Module, lib: object) -> tuple[Callable, Callable, tuple]
         out = functional_call(net, dict(zip(names, params, strict=True)), (inputs,))
         return ((out - targets) ** 2).mean()
 
-    if lib.__name__ == "optcompile":  # type: ignore[attr-defined]
-        tx = lib.adam(lr=1e-3, backend=BACKEND)  # type: ignore[attr-defined]
-    else:
-        tx = lib.adam(lr=1e-3)  # type: ignore[attr-defined]
+    ours = lib.__name__ == "optcompile"  # type: ignore[attr-defined]
+    tx = lib.adam(lr=1e-3, **({"backend": BACKEND} if ours else {}))  # type: ignore[attr-defined]
 
     def step_fn(params: tuple, state: object, batch: int) -> tuple:
         grads = torch.func.grad(loss)(params, x, y)

@@ -25,6 +25,7 @@ itself, so the recorded graph reaches the real inputs and higher-order derivativ
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,18 +47,17 @@ class Segment(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        runner: Runner, rng: Any, n_carry: int, *tensors: torch.Tensor
+        runner: Runner, replay: Any, n_carry: int, *tensors: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(rng)
-            outputs = runner(tensors[:n_carry])
+        # The random state advances as in a full unroll; ``replay`` recorded where it started.
+        outputs = runner(tensors[:n_carry])
         # Fresh tensor objects: an output may be a leaf made inside the steps, or an input.
         return tuple(t.detach() for t in outputs)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        runner, rng, n_carry, *tensors = inputs
-        ctx.runner, ctx.rng, ctx.n_carry = runner, rng, n_carry
+        runner, replay, n_carry, *tensors = inputs
+        ctx.runner, ctx.replay, ctx.n_carry = runner, replay, n_carry
         ctx.save_for_backward(*tensors)
         ctx.set_materialize_grads(False)
 
@@ -88,9 +88,12 @@ class Segment(torch.autograd.Function):
             )
         tensors = (*carry, *tensors[ctx.n_carry :])
         start = _next_sequence_nr()
+        rng, context = ctx.replay
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(ctx.rng)
-            outputs = ctx.runner(carry)
+            torch.set_rng_state(rng)
+            # The caller's context variables (an @optcompile backend, first_order) hold in the
+            # replay too, though the outer backward usually runs outside the decorated call.
+            outputs = context.run(ctx.runner, carry)
         pairs = [
             (out, cot)
             for out, cot in zip(outputs, cotangents, strict=True)
@@ -121,11 +124,13 @@ def run_segment(
 
     Args:
         runner: maps the carry tensors to the carry tensors after the segment's steps; it must
-            be deterministic given the CPU random state (which is replayed in backward).
+            be deterministic given the CPU random state and the context variables (both are
+            replayed in backward).
         carry: the tensors the segment starts from (saved for backward).
         extras: tensors the runner reads from its closure whose gradients are wanted.
     """
-    outputs = Segment.apply(runner, torch.get_rng_state(), len(carry), *carry, *extras)
+    replay = (torch.get_rng_state(), contextvars.copy_context())
+    outputs = Segment.apply(runner, replay, len(carry), *carry, *extras)
     return tuple(outputs)
 
 

@@ -29,7 +29,7 @@ import torch
 
 from optcompile.segment import run_segment
 
-__all__ = ["unroll", "segment_length"]
+__all__ = ["unroll", "segment_length", "check_options"]
 
 StepFn = Callable[[Any, Any, Any], tuple[Any, Any]]
 _TENSOR = object()  # marks where a tensor leaf goes in a remembered output structure
@@ -63,6 +63,18 @@ def segment_length(checkpoint_every: int | str | None, steps: int) -> int | None
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every} must be at least 1")
     return checkpoint_every
+
+
+def check_options(checkpoint_every: int | str | None, truncate: int | None) -> None:
+    """Check the memory options before K is known (e.g. when a decorator is applied).
+
+    Raises:
+        TypeError / ValueError: as :func:`unroll` would, except ``truncate`` > K (checked when
+            K is known).
+    """
+    segment_length(checkpoint_every, 1)
+    if truncate is not None:
+        _check_truncate(truncate, truncate)
 
 
 def _check_truncate(truncate: int | None, steps: int) -> int:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import optcompile
-from optcompile.unrolling import segment_length
+from optcompile.unrolling import check_options, segment_length
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 ALIASES = ["sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop"]
@@ -148,6 +148,51 @@ def test_second_order_through_checkpoints():
         torch.testing.assert_close(g, w, **TOL)
 
 
+def test_random_state_replayed():
+    """Dropout in the inner loss: each replay draws the masks its forward drew."""
+    tx = _tx("adam")
+
+    def step(params, state, batch):
+        def loss(p):
+            hidden = torch.nn.functional.dropout(torch.tanh(batch[0] @ p[0]), 0.5)
+            return ((hidden @ p[1] - batch[1]) ** 2).mean()
+
+        updates, state = tx.update(torch.func.grad(loss)(params), state, params=params,
+                                   inplace=False)  # fmt: skip
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+    def grads(**options):
+        params, batches = _problem()
+        torch.manual_seed(3)
+        final, _ = optcompile.unroll(step, params, tx.init(params), batches, **options)
+        after = torch.rand(())  # the random state advanced as in the full unroll
+        return (*torch.autograd.grad(_loss(final, batches[0]), params), after)
+
+    for g, w in zip(grads(checkpoint_every=3), grads(), strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_replay_keeps_the_decorator_settings():
+    """A first-order ``@optcompile`` loop replays first-order, though backward runs outside."""
+    _, batches = _problem()
+
+    def run(**options):
+        net = _net()
+        initial = list(net.parameters())
+        optim = optcompile.MetaSGD(net, lr=0.05, momentum=0.9, backend="eager")
+        loss_fn = lambda b: ((net(b[0]) - b[1]) ** 2).mean()  # noqa: E731
+
+        @optcompile.optcompile(backend="eager", first_order=True)
+        def adapt():
+            optcompile.meta_unroll(optim, loss_fn, batches, **options)
+
+        adapt()
+        return torch.autograd.grad(loss_fn(batches[0]), initial)
+
+    for g, w in zip(run(checkpoint_every=3), run(), strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
 def _truncated_reference(tx, params, batches, lr, keep):
     """Hand-written truncated backpropagation: K - keep steps without a graph, then keep."""
     step, state = _step_fn(tx), tx.init(params)
@@ -263,6 +308,9 @@ def test_bad_options(options, error, match):
     optim = optcompile.MetaSGD(_net(), lr=0.1)
     with pytest.raises(error, match=match):
         optcompile.meta_unroll(optim, lambda b: b, batches, **options)
+    if "meta" not in options and options != {"truncate": 8}:  # checkable before K is known
+        with pytest.raises(error, match=match):
+            check_options(options.get("checkpoint_every"), options.get("truncate"))
 
 
 def test_bad_callables_and_batches():
