@@ -84,7 +84,7 @@ from optcompile.state import (
     stop_gradient,
 )
 from optcompile.transform import nan_to_num
-from optcompile.unrolling import unroll
+from optcompile.unrolling import unroll, unroll_options
 from optcompile.update import apply_transform, apply_updates
 from optcompile.version import __version__ as __version__
 
@@ -96,7 +96,7 @@ __all__ = [
     # functional API
     "GradientTransformation", "ChainedGradientTransformation", "EmptyState", "UninitializedState",
     "identity", "chain", "apply_updates", "apply_transform", "clip_grad_norm", "nan_to_num",
-    "register_hook", "unroll", "meta_unroll",
+    "register_hook", "unroll", "meta_unroll", "unroll_options",
     "sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop",
     # optimizer objects
     "Optimizer", "FuncOptimizer", "MetaOptimizer",

@@ -23,6 +23,7 @@ from optcompile.unrolling import (
     _check_meta,
     _check_truncate,
     _grad_leaves,
+    resolve_options,
     segment_length,
 )
 
@@ -65,6 +66,7 @@ def meta_unroll(
         raise TypeError(f"optimizer must be a MetaOptimizer, got {type(optimizer).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    checkpoint_every, truncate = resolve_options(checkpoint_every, truncate)
     steps = _batches(batches)
     n_diff = _check_truncate(truncate, len(steps))
     k = segment_length(checkpoint_every, n_diff)

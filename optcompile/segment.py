@@ -88,9 +88,12 @@ class Segment(torch.autograd.Function):
             )
         tensors = (*carry, *tensors[ctx.n_carry :])
         start = _next_sequence_nr()
-        rng, context = ctx.replay
-        with torch.enable_grad(), torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(rng)
+        (cpu_rng, cuda_rng), context = ctx.replay
+        devices = list(range(len(cuda_rng))) if cuda_rng is not None else []
+        with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
             # The caller's context variables (an @optcompile backend, first_order) hold in the
             # replay too, though the outer backward usually runs outside the decorated call.
             outputs = context.run(ctx.runner, carry)
@@ -124,14 +127,20 @@ def run_segment(
 
     Args:
         runner: maps the carry tensors to the carry tensors after the segment's steps; it must
-            be deterministic given the CPU random state and the context variables (both are
-            replayed in backward).
+            be deterministic given the random state (CPU, and CUDA once initialised) and the
+            context variables (all replayed in backward).
         carry: the tensors the segment starts from (saved for backward).
         extras: tensors the runner reads from its closure whose gradients are wanted.
     """
-    replay = (torch.get_rng_state(), contextvars.copy_context())
+    replay = (_rng_state(), contextvars.copy_context())
     outputs = Segment.apply(runner, replay, len(carry), *carry, *extras)
     return tuple(outputs)
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """The CPU random state, and every CUDA device's once CUDA is in use (as checkpoint does)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None
 
 
 def _next_sequence_nr() -> int:

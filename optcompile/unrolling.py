@@ -20,8 +20,10 @@ without a graph: an evaluation run keeps nothing alive but the current parameter
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import optree
@@ -29,10 +31,45 @@ import torch
 
 from optcompile.segment import run_segment
 
-__all__ = ["unroll", "segment_length", "check_options"]
+__all__ = ["unroll", "unroll_options", "segment_length", "check_options"]
 
 StepFn = Callable[[Any, Any, Any], tuple[Any, Any]]
 _TENSOR = object()  # marks where a tensor leaf goes in a remembered output structure
+_defaults: contextvars.ContextVar[tuple[int | str | None, int | None]] = contextvars.ContextVar(
+    "optcompile_unroll_options", default=(None, None)
+)
+
+
+@contextlib.contextmanager
+def unroll_options(
+    checkpoint_every: int | str | None = None, truncate: int | None = None
+) -> Iterator[None]:
+    """Defaults for every :func:`unroll` / ``meta_unroll`` call inside the ``with`` block.
+
+    A call's own ``checkpoint_every`` / ``truncate`` win over these when not ``None``. This is
+    what ``@optcompile(checkpoint_every=..., truncate=...)`` enters around the decorated
+    function.
+
+    Raises:
+        TypeError / ValueError: as :func:`check_options`.
+    """
+    check_options(checkpoint_every, truncate)
+    token = _defaults.set((checkpoint_every, truncate))
+    try:
+        yield
+    finally:
+        _defaults.reset(token)
+
+
+def resolve_options(
+    checkpoint_every: int | str | None, truncate: int | None
+) -> tuple[int | str | None, int | None]:
+    """A call's options, each ``None`` replaced by the enclosing :func:`unroll_options`'."""
+    default_every, default_truncate = _defaults.get()
+    return (
+        default_every if checkpoint_every is None else checkpoint_every,
+        default_truncate if truncate is None else truncate,
+    )
 
 
 def segment_length(checkpoint_every: int | str | None, steps: int) -> int | None:
@@ -163,7 +200,8 @@ def unroll(
         step_fn: one inner step, ``(params, state, batch) -> (params, state)``; pytrees of
             tensors in and out, the same structure every step. With checkpointing it runs twice
             per step (forward, then recomputation in backward) and must compute the same thing
-            both times (the CPU random state is replayed; keep other side effects out).
+            both times (the random state, CPU and CUDA, is replayed; keep other side effects
+            out).
         params: the initial parameters (a pytree of tensors).
         state: the initial optimizer state (``tx.init(params)``).
         batches: one batch per step (an iterable, K = its length), or an int K, in which case
@@ -171,7 +209,9 @@ def unroll(
         checkpoint_every: ``None`` (keep every step's graph), an int ``k`` >= 1 (segments of
             ``k`` steps; only each segment's input params and state are kept, the outer
             backward recomputes one segment at a time) or ``"sqrt"`` (``k = ceil(sqrt(K))``,
-            of the differentiated steps when truncating). The meta-gradient is exact.
+            of the differentiated steps when truncating). The meta-gradient is exact. ``None``
+            here (and for ``truncate``) takes the value of an enclosing :func:`unroll_options`
+            (what ``@optcompile(checkpoint_every=..., truncate=...)`` sets), if any.
         truncate: ``None`` or ``k`` in ``1 .. K``: run the first ``K - k`` steps without a
             graph (the params and state they give are detached leaves) and differentiate the
             last ``k`` only.
@@ -207,6 +247,7 @@ def unroll(
     """
     if not callable(step_fn):
         raise TypeError(f"step_fn must be callable, got {type(step_fn).__name__}")
+    checkpoint_every, truncate = resolve_options(checkpoint_every, truncate)
     steps = _batches(batches)
     n_diff = _check_truncate(truncate, len(steps))
     k = segment_length(checkpoint_every, n_diff)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import optcompile
-from optcompile.unrolling import check_options, segment_length
+from optcompile.unrolling import check_options, segment_length, unroll_options
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 ALIASES = ["sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "radam", "rmsprop"]
@@ -191,6 +191,25 @@ def test_replay_keeps_the_decorator_settings():
 
     for g, w in zip(run(checkpoint_every=3), run(), strict=True):
         torch.testing.assert_close(g, w, **TOL)
+
+
+def test_unroll_options_set_the_defaults():
+    """What ``@optcompile(checkpoint_every=..., truncate=...)`` enters around its function."""
+    params, batches = _problem()
+    tx = _tx("sgd")
+    with unroll_options(checkpoint_every=3):
+        final, _ = optcompile.unroll(_step_fn(tx), params, tx.init(params), batches)
+        assert type(final[0].grad_fn).__name__ == "SegmentBackward"
+        final, _ = optcompile.unroll(
+            _step_fn(tx), params, tx.init(params), batches, checkpoint_every=7
+        )  # the call's own value wins: one segment of 7
+        assert final[0].grad_fn.next_functions[0][0].variable is params[0]
+        with unroll_options(truncate=8), pytest.raises(ValueError, match="truncate=8"):
+            optcompile.meta_unroll(optcompile.MetaSGD(_net(), lr=0.1), lambda b: b, batches)
+    with pytest.raises(ValueError, match="checkpoint_every=0"), unroll_options(0):
+        pass
+    final, _ = optcompile.unroll(_step_fn(tx), params, tx.init(params), batches)
+    assert type(final[0].grad_fn).__name__ != "SegmentBackward"
 
 
 def _truncated_reference(tx, params, batches, lr, keep):
