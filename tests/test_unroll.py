@@ -282,18 +282,41 @@ def test_meta_unroll_checkpointed_equals_plain_steps(cls):
         torch.testing.assert_close(p.detach(), w, **TOL)
 
 
-def test_meta_unroll_truncated_and_graph_free():
+@pytest.mark.parametrize("checkpoint_every", [None, 1])
+def test_meta_unroll_truncated_equals_reference(checkpoint_every):
+    """Truncated ``meta_unroll`` == steps under no_grad then two recorded steps, for the lr."""
+    _, batches = _problem()
+
+    def run(truncated):
+        net = _net()
+        lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+        optim = optcompile.MetaAdam(net, lr=lr, backend="eager")
+        loss_fn = lambda b: ((net(b[0]) - b[1]) ** 2).mean()  # noqa: E731
+        if truncated:
+            optcompile.meta_unroll(
+                optim, loss_fn, batches, truncate=2, checkpoint_every=checkpoint_every,
+                meta=[lr],
+            )  # fmt: skip
+        else:
+            for batch in batches[:-2]:
+                loss = loss_fn(batch)
+                with torch.no_grad():
+                    optim.step(loss)
+            for batch in batches[-2:]:
+                optim.step(loss_fn(batch))
+        return torch.autograd.grad(loss_fn(batches[0]), lr)
+
+    torch.testing.assert_close(run(True), run(False), **TOL)
+
+
+def test_meta_unroll_graph_free():
     _, batches = _problem()
     net = _net()
     optim = optcompile.MetaAdam(net, lr=0.05, backend="eager")
-    loss_fn = lambda b: ((net(b[0]) - b[1]) ** 2).mean()  # noqa: E731
-    optcompile.meta_unroll(optim, loss_fn, batches, truncate=2)
-    # Only the last two steps are on the graph: their inputs are leaves.
-    leaf = net[0].weight.grad_fn.next_functions
-    assert leaf and all(p.requires_grad for p in net.parameters())
     with torch.no_grad():
-        optcompile.meta_unroll(optim, loss_fn, batches)
+        optcompile.meta_unroll(optim, lambda b: ((net(b[0]) - b[1]) ** 2).mean(), batches)
     assert all(p.is_leaf and p.requires_grad for p in net.parameters())
+    assert all(t.grad_fn is None for t in optree.tree_leaves(optim.state_groups))
 
 
 def test_graph_free_evaluation_records_nothing():
