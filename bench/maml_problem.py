@@ -93,8 +93,9 @@ def optcompile_whole_step_iteration(net: nn.Module) -> Callable[[], None]:
 
 def optcompile_whole_loop_iteration(net: nn.Module) -> Callable[[], None]:
     """All K inner steps in one ``@optcompile`` function: one graph, compiled per K."""
-    import optcompile
     from torch.func import grad
+
+    import optcompile
 
     x, y, xv, yv = make_data()
     tx = optcompile.adam(lr=1e-3)

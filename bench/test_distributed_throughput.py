@@ -1,7 +1,7 @@
 """Data-parallel MAML: 2 processes x 1 thread against 1 process x 1 thread, on the same tasks.
 
-Run: ``python -m pytest bench/test_distributed_throughput.py -q -s``. Two processes are spawned once (gloo
-on 127.0.0.1). Rounds alternate, round-robin, between
+Run: ``python -m pytest bench/test_distributed_throughput.py -q -s``. Two processes are spawned
+once (gloo on 127.0.0.1). Rounds alternate, round-robin, between
 
 * ``alone``: rank 0 runs the whole meta-batch (M tasks, K inner MetaAdam steps each, the outer
   backward and step) while rank 1 sleeps in a blocking store wait;

@@ -43,6 +43,7 @@ from optcompile.errors import (
 from optcompile.hook import register_hook
 from optcompile.lowering.backends import default_backend, set_default_backend
 from optcompile.lowering.stats import reset_stats, stats
+from optcompile.meta_unrolling import meta_unroll  # after optim: it uses the meta-optimizers
 from optcompile.optim import FuncOptimizer, MetaOptimizer, Optimizer
 from optcompile.registry import publish_into
 from optcompile.rule import Rule, rule
@@ -56,6 +57,7 @@ from optcompile.state import (
     stop_gradient,
 )
 from optcompile.transform import nan_to_num
+from optcompile.unrolling import unroll, unroll_options
 from optcompile.update import apply_transform, apply_updates
 from optcompile.version import __version__ as __version__
 
@@ -68,7 +70,7 @@ __all__ = [
     # functional API
     "GradientTransformation", "ChainedGradientTransformation", "EmptyState", "UninitializedState",
     "identity", "chain", "apply_updates", "apply_transform", "clip_grad_norm", "nan_to_num",
-    "register_hook",
+    "register_hook", "unroll", "meta_unroll", "unroll_options",
     # optimizer objects (the registered optimizers' aliases and classes are appended below)
     "Optimizer", "FuncOptimizer", "MetaOptimizer",
     # state utilities
