@@ -43,7 +43,7 @@ from optcompile.errors import (
 from optcompile.hook import register_hook
 from optcompile.lowering.backends import default_backend, set_default_backend
 from optcompile.lowering.stats import reset_stats, stats
-from optcompile.meta_unrolling import meta_unroll  # after optim: it uses the meta-optimizers
+from optcompile.meta_unrolling import meta_unroll
 from optcompile.optim import FuncOptimizer, MetaOptimizer, Optimizer
 from optcompile.registry import publish_into
 from optcompile.rule import Rule, rule

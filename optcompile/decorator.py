@@ -34,21 +34,20 @@ AOTAutograd cannot compile; every step runs on the chosen fused backend instead 
 kernel per step for the optimizer's maths, forward and backward), the user's code eagerly.
 
 With ``first_order=True`` the updates are constants to the outer gradient (first-order MAML):
-it flows to the initial parameters along the identity path only.
+it flows to the initial parameters along the identity path only. ``checkpoint_every`` and
+``truncate`` set the defaults of :func:`optcompile.unroll` / ``meta_unroll`` calls inside the
+function (memory-bounded unrolls); such a function runs its loop eagerly, steps on ``backend``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import sys
-import threading
 import time
 import types
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -56,53 +55,22 @@ import torch
 from optcompile.errors import LoweringError
 from optcompile.lowering.backends import _check_name
 from optcompile.lowering.backends.inductor import availability
+from optcompile.settings import Settings, activated, current_backend, first_order_active
+from optcompile.unrolling import check_options, unroll_options
 
-__all__ = ["optcompile", "current_backend", "first_order_active"]
+__all__ = ["optcompile", "current_backend", "first_order_active"]  # the last two: settings.py
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
-class _Settings:
-    backend: str
-    first_order: bool
-
-
-# The settings of the active @optcompile calls, innermost last, per thread. A thread-local
-# stack rather than a ContextVar: Dynamo traces reads of it (and guards on them) inside a
-# compiled step, where it cannot trace ContextVar.get.
-_local = threading.local()
-
-
-def _innermost() -> _Settings | None:
-    stack = getattr(_local, "stack", None)
-    return stack[-1] if stack else None
-
-
-def current_backend() -> str | None:
-    """The backend chosen by the innermost active ``@optcompile`` call, if any."""
-    settings = _innermost()
-    return None if settings is None else settings.backend
-
-
-def first_order_active() -> bool:
-    """Whether the innermost active ``@optcompile`` call asked for first-order steps."""
-    settings = _innermost()
-    return settings is not None and settings.first_order
-
-
-@contextlib.contextmanager
-def _activated(settings: _Settings) -> Iterator[None]:
-    if not hasattr(_local, "stack"):
-        _local.stack = []
-    _local.stack.append(settings)
-    try:
-        yield
-    finally:
-        _local.stack.pop()
-
-
-def optcompile(fn: F | None = None, *, backend: str = "inductor", first_order: bool = False) -> Any:
+def optcompile(
+    fn: F | None = None,
+    *,
+    backend: str = "inductor",
+    first_order: bool = False,
+    checkpoint_every: int | str | None = None,
+    truncate: int | None = None,
+) -> Any:
     """Compile a functional inner step whole, or run an inner loop's steps fused.
 
     Args:
@@ -111,6 +79,11 @@ def optcompile(fn: F | None = None, *, backend: str = "inductor", first_order: b
             optimizer steps of an object-oriented loop); ``"eager"`` or ``"native"``: no
             compile of the user's code, steps on that backend.
         first_order: do not differentiate through the updates (first-order MAML).
+        checkpoint_every: default of every :func:`optcompile.unroll` / ``meta_unroll`` call
+            inside the function: keep only every k-th step's inputs and recompute the
+            segments in the outer backward (an int >= 1, or ``"sqrt"``). The function then
+            runs its loop eagerly, its steps on ``backend`` (not compiled whole).
+        truncate: likewise, differentiate only the last ``truncate`` inner steps.
 
     Raises:
         ValueError: an unknown backend name.
@@ -121,6 +94,8 @@ def optcompile(fn: F | None = None, *, backend: str = "inductor", first_order: b
     _check_name(backend)
     if not isinstance(first_order, bool):
         raise TypeError(f"first_order={first_order!r} must be True or False")
+    check_options(checkpoint_every, truncate)
+    bounded = checkpoint_every is not None or truncate is not None
 
     def decorate(function: F) -> F:
         if inspect.isgeneratorfunction(function) or inspect.iscoroutinefunction(function):
@@ -130,15 +105,15 @@ def optcompile(fn: F | None = None, *, backend: str = "inductor", first_order: b
                 f"{function.__qualname__}: its body runs after the call returns, outside the "
                 f"decorator's settings; decorate a plain function that runs the inner loop"
             )
-        settings = _Settings(backend, first_order)
+        settings = Settings(backend, first_order)
         whole = _WholeStep(function, backend)
         first_call = [True]
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not _object_oriented(args, kwargs):
+            if not bounded and not _object_oriented(args, kwargs):
                 return whole(settings, *args, **kwargs)
-            with _activated(settings):
+            with activated(settings), unroll_options(checkpoint_every, truncate):
                 if not first_call[0]:
                     return function(*args, **kwargs)
                 first_call[0] = False
@@ -196,15 +171,15 @@ class _WholeStep:
         own.__kwdefaults__ = self.function.__kwdefaults__
         return torch.compile(own, backend="inductor", fullgraph=True)
 
-    def __call__(self, settings: _Settings, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, settings: Settings, *args: Any, **kwargs: Any) -> Any:
         if self._compiled is None:
             self._compiled = self._build(args, kwargs)
         self.calls += 1
         if self._compiled is self.function:  # not compiled: the steps run on their backend
             backend = "eager" if settings.backend in ("inductor", "auto") else settings.backend
-            with _activated(_Settings(backend, settings.first_order)):
+            with activated(Settings(backend, settings.first_order)):
                 return self.function(*args, **kwargs)
-        with _activated(settings):
+        with activated(settings):
             return self._run_compiled(args, kwargs)
 
     def _run_compiled(self, args: tuple, kwargs: dict) -> Any:

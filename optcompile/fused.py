@@ -24,13 +24,13 @@ import optree
 import torch
 
 from optcompile.base import GradientTransformation
-from optcompile.decorator import current_backend, first_order_active
 from optcompile.lowering.autograd import apply_kernel, transforms_active
 from optcompile.lowering.backends import _check_name, get_backend, select_backend
 from optcompile.lowering.compose import compose
 from optcompile.lowering.kernel import Kernel
 from optcompile.rule import Rule
 from optcompile.rules.basic import apply_update
+from optcompile.settings import current_backend, first_order_active
 from optcompile.update import apply_updates
 
 __all__ = ["RuleTransformation", "UpdatesStatistic", "from_rule", "Member"]

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from optcompile import settings
+
 __all__ = ["Segment", "run_segment"]
 
 # run(carry, grad_enabled) -> new carry; carry is a tuple of tensors.
@@ -88,15 +90,17 @@ class Segment(torch.autograd.Function):
             )
         tensors = (*carry, *tensors[ctx.n_carry :])
         start = _next_sequence_nr()
-        (cpu_rng, cuda_rng), context = ctx.replay
+        (cpu_rng, cuda_rng), context, run_settings = ctx.replay
         devices = list(range(len(cuda_rng))) if cuda_rng is not None else []
         with torch.enable_grad(), torch.random.fork_rng(devices=devices):
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
-            # The caller's context variables (an @optcompile backend, first_order) hold in the
-            # replay too, though the outer backward usually runs outside the decorated call.
-            outputs = context.run(ctx.runner, carry)
+            # The caller's context variables and @optcompile settings (backend, first_order)
+            # hold in the replay too, though the outer backward usually runs outside the
+            # decorated call.
+            with settings.restored(run_settings):
+                outputs = context.run(ctx.runner, carry)
         pairs = [
             (out, cot)
             for out, cot in zip(outputs, cotangents, strict=True)
@@ -132,7 +136,7 @@ def run_segment(
         carry: the tensors the segment starts from (saved for backward).
         extras: tensors the runner reads from its closure whose gradients are wanted.
     """
-    replay = (_rng_state(), contextvars.copy_context())
+    replay = (_rng_state(), contextvars.copy_context(), settings.snapshot())
     outputs = Segment.apply(runner, replay, len(carry), *carry, *extras)
     return tuple(outputs)
 

@@ -104,3 +104,37 @@ def test_decorator_refuses_generators_and_non_bool_first_order():
         optcompile.optcompile(backend="eager")(generator_loop)
     with pytest.raises(TypeError, match=r"first_order='yes' must be True or False"):
         optcompile.optcompile(first_order="yes")
+
+
+def test_checkpoint_every_and_truncate_set_the_defaults_of_unroll_calls_inside():
+    from torch.func import grad
+
+    torch.manual_seed(0)
+    w0 = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    data = torch.randn(6, 5, dtype=torch.float64)
+    tx = optcompile.adam(0.1, backend="eager")
+
+    def step(params, state, k):
+        grads = grad(lambda p: ((data[k] * p).sum() - 1.0) ** 2 + (p**2).sum())(params)
+        updates, state = tx.update(grads, state, inplace=False)
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+    def outer(loop):
+        params, _ = loop(w0, tx.init(w0))
+        return torch.autograd.grad((params**3).sum(), [w0])[0]
+
+    full = outer(lambda p, s: optcompile.unroll(step, p, s, 6))
+    checkpointed = optcompile.optcompile(checkpoint_every=2, backend="eager")(
+        lambda p, s: optcompile.unroll(step, p, s, 6)
+    )
+    torch.testing.assert_close(outer(checkpointed), full, rtol=1e-10, atol=1e-12)
+    truncated = optcompile.optcompile(truncate=2, backend="eager")(
+        lambda p, s: optcompile.unroll(step, p, s, 6)
+    )
+    got, _ = truncated(w0, tx.init(w0))
+    want, _ = optcompile.unroll(step, w0, tx.init(w0), 6, truncate=2)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # Truncated: the first 4 steps are not differentiated, so w0 gets no meta-gradient.
+    assert torch.autograd.grad((got**3).sum(), [w0], allow_unused=True) == (None,)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        optcompile.optcompile(checkpoint_every=0)

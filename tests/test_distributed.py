@@ -32,6 +32,14 @@ META_OPTIMIZERS = {
     "MetaAdaDelta": {"lr": 1.0},
     "MetaAdamax": {"lr": 0.05},
     "MetaRAdam": {"lr": 0.05},
+    "MetaAdaBelief": {"lr": 0.05},
+    "MetaAdan": {"lr": 0.05},
+    "MetaLion": {"lr": 0.01},
+    "MetaNAdam": {"lr": 0.05},
+    "MetaNAdamW": {"lr": 0.05},
+    "MetaRProp": {"lr": 0.01},
+    "MetaSignSGD": {"lr": 0.01},
+    "MetaYogi": {"lr": 0.05},
 }
 
 

@@ -8,9 +8,9 @@ import optree
 import torch
 
 from optcompile.base import GradientTransformation, UninitializedState
-from optcompile.decorator import first_order_active
 from optcompile.optim.base import _check_impl
 from optcompile.optim.checkpoint import adopt_state_groups
+from optcompile.settings import first_order_active
 from optcompile.update import apply_transform
 
 __all__ = ["FuncOptimizer"]

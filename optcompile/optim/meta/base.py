@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from optcompile.base import GradientTransformation
-from optcompile.decorator import first_order_active
 from optcompile.distributed.ddp_guard import check_not_ddp_wrapped
 from optcompile.lowering.autograd import transforms_active
 from optcompile.optim.base import _check_impl
 from optcompile.optim.checkpoint import adopt_state_groups
+from optcompile.settings import first_order_active
 from optcompile.update import apply_transform
 
 __all__ = ["MetaOptimizer"]
