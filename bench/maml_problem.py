@@ -190,6 +190,7 @@ IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
     "optcompile-whole-loop": optcompile_whole_loop_iteration,
     "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),
     "optcompile-eager": lambda net: optcompile_iteration(net, "eager"),
+    "optcompile-auto": lambda net: optcompile_iteration(net, "auto"),
     "torch.compile-plain-adam": compiled_plain_adam_iteration,
     "torchopt-0.7.3": torchopt_iteration,
     "higher-0.2.1": higher_iteration,
