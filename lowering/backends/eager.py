@@ -64,8 +64,8 @@ def _flattenable(tensor_lists: TensorLists, scalars: Sequence[torch.Tensor]) -> 
     """One flat call is exact: several leaves of one dtype and device, 0-d scalars only."""
     if len(tensor_lists[0]) < 2 or any(s.dim() for s in scalars):
         return False
-    first = tensor_lists[0][0]
-    return all(t.dtype == first.dtype and t.device == first.device for c in tensor_lists for t in c)
+    dtype, device = tensor_lists[0][0].dtype, tensor_lists[0][0].get_device()
+    return all(t.dtype is dtype and t.get_device() == device for c in tensor_lists for t in c)
 
 
 def _flat(column: Sequence[torch.Tensor]) -> torch.Tensor:
