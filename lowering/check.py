@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import sympy
 import sympy.functions.elementary.piecewise  # explicit, so mypy sees the submodule below
 
-from optcompile.errors import HyperparameterError, RuleError
+from optcompile.lowering.errors import HyperparameterError, RuleError
 from optcompile.lowering.safe import DERIVATIVES
 from optcompile.lowering.trace import RuleIR
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import sympy
 
-from optcompile.errors import InternalError
+from optcompile.lowering.errors import InternalError
 from optcompile.lowering.safe import derivative_rule
 
 __all__ = ["derivative", "jvp", "vjp"]

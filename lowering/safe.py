@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from optcompile.lowering.math import (
+from optcompile.lowering.functions import (
     Maximum,
     MaxTieGrad,
     Minimum,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from optcompile.errors import RuleError
+from optcompile.lowering.errors import RuleError
 
 __all__ = ["RuleIR", "trace", "RESERVED"]
 

@@ -1,9 +1,9 @@
 """The functions a rule body may call: ``from optcompile import sym``; ``sym.sqrt(nu)``.
 
-See :mod:`optcompile.lowering.math` for each function and its derivative convention.
+See :mod:`optcompile.lowering.functions` for each function and its derivative convention.
 """
 
-from optcompile.lowering.math import (
+from optcompile.lowering.functions import (
     abs,
     eq,
     exp,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from optcompile.lowering import math as sym
+from optcompile.lowering import functions as sym
 from optcompile.lowering import stats
 from optcompile.lowering.backends import native_ops
 from optcompile.lowering.backends.base import Backend, ForwardFn, TensorLists, VjpFn

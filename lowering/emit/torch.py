@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, cast
 
 import sympy
 
-from optcompile.errors import InternalError
 from optcompile.lowering.cse import eliminate_common_subexpressions
-from optcompile.lowering.math import (
+from optcompile.lowering.errors import InternalError
+from optcompile.lowering.functions import (
     Maximum,
     MaxTieGrad,
     Minimum,
