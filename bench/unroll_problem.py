@@ -25,23 +25,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from maml_problem import make_data, make_net  # the MAML bench's MLP and data
 from torch.func import functional_call
 
 HIDDEN_1M = 930  # 128-930-930-10: 994,870 parameters
 BACKEND = "eager"
-
-
-def make_net(hidden: int) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(128, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-        nn.Linear(hidden, 10),
-    )  # fmt: skip
-
-
-def make_data() -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(1)
-    return tuple(torch.randn(32, d, generator=generator) for d in (128, 10, 128, 10))
 
 
 def _functional(net: nn.Module, lib: object) -> tuple[Callable, Callable, tuple]:

@@ -24,19 +24,11 @@ import torch
 from optcompile.lowering.backends.base import Backend, TensorLists
 from optcompile.lowering.backends.eager import run_forward, run_vjp
 from optcompile.lowering.kernel import Kernel, Variant
+from optcompile.lowering.transforms import is_wrapped, transforms_active
 
-__all__ = ["apply_kernel", "transforms_active"]
+__all__ = ["apply_kernel"]
 
 _N_STATIC = 4  # kernel, backend, n_leaves, n_tensor_inputs precede the tensors in apply()
-
-
-def transforms_active() -> bool:
-    """Whether a ``torch.func`` transform (vmap, grad, jvp, ...) is running around this call."""
-    return torch._C._functorch.peek_interpreter_stack() is not None
-
-
-def _is_wrapped(t: torch.Tensor | None) -> bool:
-    return t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 class FusedStep(torch.autograd.Function):
@@ -79,7 +71,7 @@ class FusedStep(torch.autograd.Function):
         else:
             variant = Variant(needs_by_input, tuple(c is not None for c in cot_lists))
             differentiable = torch.is_grad_enabled() or any(
-                _is_wrapped(t) for t in (*inputs, *cotangents)
+                is_wrapped(t) for t in (*inputs, *cotangents)
             )
             vjp = run_vjp if differentiable else _backend_vjp(ctx.backend, kernel)
         tensor_grads, scalar_grads = vjp(kernel, variant, cot_lists, tensor_lists, scalars)
@@ -184,16 +176,26 @@ class _TracedStep(torch.autograd.Function):
         kernel: Kernel, backend: Backend, n_leaves: int, n_tensor_inputs: int, *inputs: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         tensor_lists, scalars = _unflatten(inputs, n_leaves, n_tensor_inputs)
-        outputs = run_forward(kernel, tensor_lists, scalars)  # traced into the caller's graph
-        # As _distinct, by identity rather than id(): Dynamo would guard on every id.
-        result: list[torch.Tensor] = []
-        for t in (t for column in outputs for t in column):
-            aliased = any(t is other for other in (*inputs, *result))
-            result.append(t.clone() if aliased else t)
-        return tuple(result)
+        outputs = _distinct_traced(run_forward(kernel, tensor_lists, scalars), inputs)
+        return tuple(t for column in outputs for t in column)
 
     setup_context = staticmethod(FusedStep.setup_context)
     backward = staticmethod(FusedStep.backward)
+
+
+def _distinct_traced(
+    outputs: list[list[torch.Tensor]], inputs: Sequence[torch.Tensor]
+) -> list[list[torch.Tensor]]:
+    """:func:`_distinct` while Dynamo traces: by identity, since ``id()`` would be guarded on."""
+    seen: list[torch.Tensor] = list(inputs)
+    result = []
+    for column in outputs:
+        fresh = []
+        for t in column:
+            fresh.append(t.clone() if any(t is other for other in seen) else t)
+            seen.append(fresh[-1])
+        result.append(fresh)
+    return result
 
 
 def _apply(*args: Any) -> tuple[torch.Tensor, ...]:
@@ -301,8 +303,8 @@ def apply_kernel(
             )
         else:
             with torch.no_grad():
-                plain = run_forward(kernel, tensor_lists, scalars)
-            return _restore_dtypes([[t.clone() for t in column] for column in plain], tensor_lists)
+                plain = _distinct_traced(run_forward(kernel, tensor_lists, scalars), flat)
+            return _restore_dtypes(plain, tensor_lists)
     elif transforms_active():
         if not differentiable:
             flat = [t.detach() for t in flat]

@@ -107,10 +107,9 @@ def numbers_of(value: object) -> list[float] | None:
         return None
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         return None
-    plain = value
-    while torch._C._functorch.is_functorch_wrapped_tensor(plain):
-        plain = torch._C._functorch.get_unwrapped(plain)
-    return [float(v) for v in plain.detach().flatten().tolist()]
+    from optcompile.lowering.transforms import unwrapped
+
+    return [float(v) for v in unwrapped(value).detach().flatten().tolist()]
 
 
 _INTERVAL = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])\s*$")

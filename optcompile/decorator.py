@@ -119,7 +119,6 @@ def optcompile(
                 first_call[0] = False
                 return _first_call(function, args, kwargs)
 
-        wrapper.compiled = whole  # type: ignore[attr-defined]  # for stats and tests
         return wrapper  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)

@@ -24,10 +24,11 @@ import optree
 import torch
 
 from optcompile.base import GradientTransformation
-from optcompile.lowering.autograd import apply_kernel, transforms_active
+from optcompile.lowering.autograd import apply_kernel
 from optcompile.lowering.backends import _check_name, get_backend, select_backend
 from optcompile.lowering.compose import compose
 from optcompile.lowering.kernel import Kernel
+from optcompile.lowering.transforms import outside_transforms, transforms_active
 from optcompile.rule import Rule
 from optcompile.rules.basic import apply_update
 from optcompile.settings import current_backend, first_order_active
@@ -280,11 +281,9 @@ def _filled_like(p: torch.Tensor, value: float, requires_grad: bool) -> torch.Te
     if not transforms_active():
         buffer = torch.full_like(p, value, memory_format=torch.preserve_format).detach()
         return buffer.requires_grad_() if requires_grad else buffer
-    from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
-
     # Made outside the transforms: a leaf of the outer autograd graph, whose .grad the outer
     # backward fills (summed over tasks under vmap), as for moments made outside.
-    with temporarily_clear_interpreter_stack():
+    with outside_transforms():
         buffer = torch.full(p.shape, value, dtype=p.dtype, device=p.device)
         return buffer.requires_grad_() if requires_grad else buffer
 

@@ -1,4 +1,5 @@
-"""Shared test setup: one thread (stable numerics and timings on shared 2-core hosts)."""
+"""Shared test setup: one thread (stable numerics and timings on shared 2-core hosts), and the
+``eager_backend`` fixture for files whose subject is numerics, not compilation."""
 
 import pytest
 import torch
@@ -10,3 +11,14 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def eager_backend():
+    """Run every kernel whose transform names no backend on the eager oracle, then restore."""
+    import optcompile
+
+    previous = optcompile.default_backend()
+    optcompile.set_default_backend("eager")
+    yield
+    optcompile.set_default_backend(previous)

@@ -22,13 +22,8 @@ K = 3  # inner steps
 H = 1e-5  # finite-difference step (float64)
 
 
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    """Meta-gradients are the subject here, not compilation: run kernels on the eager oracle."""
-    previous = oc.default_backend()
-    oc.set_default_backend("eager")
-    yield
-    oc.set_default_backend(previous)
+# Meta-gradients are the subject here, not compilation: kernels run on the eager oracle.
+pytestmark = pytest.mark.usefixtures("eager_backend")
 
 
 def _data(seed: int, n: int = 8, d: int = 3, out: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,13 +21,8 @@ from optcompile.schedule import linear_schedule
 STEPS = 20
 
 
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    """Numerics are the subject here, not compilation: run every kernel on the eager oracle."""
-    previous = oc.default_backend()
-    oc.set_default_backend("eager")
-    yield
-    oc.set_default_backend(previous)
+# Numerics are the subject here, not compilation: kernels run on the eager oracle.
+pytestmark = pytest.mark.usefixtures("eager_backend")
 
 
 def _mlp() -> nn.Module:

@@ -28,13 +28,8 @@ INFOS = optimizers()
 BUILTIN = [name for name, info in INFOS.items() if info.module.startswith("optcompile.")]
 
 
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    """The eager backend is the oracle here; the compiled subset names its backend."""
-    previous = oc.default_backend()
-    oc.set_default_backend("eager")
-    yield
-    oc.set_default_backend(previous)
+# The eager backend is the oracle here; the compiled subset names its backend.
+pytestmark = pytest.mark.usefixtures("eager_backend")
 
 
 def test_database_covers_every_registered_optimizer():

@@ -29,13 +29,8 @@ HAS_COMPILER = shutil.which("c++") is not None  # the native (accelerated) Adam 
 needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler for the native op")
 
 
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    """In-process sections run on the eager oracle; the script below runs the default backend."""
-    previous = torchopt.default_backend()
-    torchopt.set_default_backend("eager")
-    yield
-    torchopt.set_default_backend(previous)
+# In-process sections run on the eager oracle; the script below runs the default backend.
+pytestmark = pytest.mark.usefixtures("eager_backend")
 
 
 class Net(nn.Module):

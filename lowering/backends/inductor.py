@@ -43,6 +43,7 @@ from optcompile.lowering import cache, stats
 from optcompile.lowering.backends.base import Backend, ForwardFn, TensorLists, VjpFn
 from optcompile.lowering.backends.eager import run_forward, run_vjp
 from optcompile.lowering.kernel import Kernel, Variant
+from optcompile.lowering.transforms import outside_transforms
 
 __all__ = ["InductorBackend", "availability", "simulate_failure", "DISABLE_ENV_VAR"]
 
@@ -92,15 +93,13 @@ def _compile(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Callable
 
     cache.configure()
     import torch._inductor
-    from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
-
     detached = [t.detach() for t in inputs]
     # Internal warnings of the compiler stack are not the user's business, and under
     # ``filterwarnings = error`` they would turn a working compile into a fallback. A compile
     # asked for inside a torch.func transform (the first step of a vmapped inner loop) traces
     # plain tensors: the transforms' interpreters are set aside while it runs.
     with (
-        temporarily_clear_interpreter_stack(),
+        outside_transforms(),
         torch.no_grad(),
         warnings.catch_warnings(),
     ):

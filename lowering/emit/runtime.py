@@ -11,6 +11,8 @@ from typing import Any, cast
 
 import torch
 
+from optcompile.lowering.transforms import transforms_active
+
 Value = torch.Tensor | float
 
 
@@ -54,16 +56,12 @@ class _TracedSafeSqrt(torch.autograd.Function):
     backward = staticmethod(_SafeSqrt.backward)
 
 
-def _transforms_active() -> bool:
-    return torch._C._functorch.peek_interpreter_stack() is not None
-
-
 def sqrt(x: Value) -> Value:
     if not isinstance(x, torch.Tensor):
         return math.sqrt(x)
     if torch.compiler.is_compiling():
         return cast(torch.Tensor, _TracedSafeSqrt.apply(x))  # type: ignore[no-untyped-call]
-    if torch.is_grad_enabled() and (x.requires_grad or _transforms_active()):
+    if torch.is_grad_enabled() and (x.requires_grad or transforms_active()):
         return cast(torch.Tensor, _SafeSqrt.apply(x))  # type: ignore[no-untyped-call]
     return torch.sqrt(x)
 

@@ -17,6 +17,8 @@ from typing import Any
 import optree
 import torch
 
+from optcompile.lowering.transforms import unwrapped
+
 __all__ = ["cat_shapes", "normalize_matvec", "tree_size", "tree_vdot_real", "host_value"]
 
 
@@ -93,7 +95,4 @@ def host_value(t: torch.Tensor) -> torch.Tensor | None:
     """
     if torch.compiler.is_compiling():
         return None
-    functorch = torch._C._functorch
-    while functorch.is_functorch_wrapped_tensor(t):
-        t = functorch.get_unwrapped(t)
-    return t.detach()
+    return unwrapped(t).detach()

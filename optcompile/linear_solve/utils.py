@@ -13,6 +13,8 @@ from typing import Any
 import optree
 import torch
 
+from optcompile.lowering.transforms import is_wrapped
+
 __all__ = [
     "make_normal_matvec",
     "make_ridge_matvec",
@@ -110,10 +112,7 @@ class WarmStart:
 
 
 def _plain(tree: Any) -> bool:
-    return all(
-        not torch._C._functorch.is_functorch_wrapped_tensor(leaf)
-        for leaf in optree.tree_leaves(tree)
-    )
+    return not any(is_wrapped(leaf) for leaf in optree.tree_leaves(tree))
 
 
 def make_solver(solve: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[[Matvec, Any], Any]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from optcompile.base import GradientTransformation
 from optcompile.distributed.ddp_guard import check_not_ddp_wrapped
-from optcompile.lowering.autograd import transforms_active
+from optcompile.lowering.transforms import transforms_active
 from optcompile.optim.base import _check_impl
 from optcompile.optim.checkpoint import adopt_state_groups
 from optcompile.settings import first_order_active
