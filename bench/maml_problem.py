@@ -152,6 +152,25 @@ def compiled_plain_adam_iteration(net: nn.Module) -> Callable[[], None]:
     return iteration
 
 
+def plain_sgd_iteration(net: nn.Module) -> Callable[[], None]:
+    """The floor of a per-step path: ``p - lr * g`` in torch ops, no optimizer state."""
+    x, y, xv, yv = make_data()
+    names = [n for n, _ in net.named_parameters()]
+
+    def loss(params, inputs, targets):
+        out = functional_call(net, dict(zip(names, params, strict=True)), (inputs,))
+        return ((out - targets) ** 2).mean()
+
+    def iteration() -> None:
+        params = list(net.parameters())
+        for _ in range(INNER_STEPS):
+            grads = torch.autograd.grad(loss(params, x, y), params, create_graph=True)
+            params = [p - 1e-3 * g for p, g in zip(params, grads, strict=True)]
+        loss(params, xv, yv).backward()
+
+    return iteration
+
+
 def torchopt_iteration(net: nn.Module) -> Callable[[], None]:
     import torchopt
 
@@ -191,9 +210,11 @@ IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
     "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),
     "optcompile-eager": lambda net: optcompile_iteration(net, "eager"),
     "optcompile-auto": lambda net: optcompile_iteration(net, "auto"),
+    "optcompile-native": lambda net: optcompile_iteration(net, "native"),
     "torch.compile-plain-adam": compiled_plain_adam_iteration,
     "torchopt-0.7.3": torchopt_iteration,
     "higher-0.2.1": higher_iteration,
+    "plain-sgd": plain_sgd_iteration,
 }
 
 

@@ -24,7 +24,7 @@ import torch
 from optcompile.lowering.backends.base import Backend, TensorLists
 from optcompile.lowering.backends.eager import run_forward, run_vjp
 from optcompile.lowering.kernel import Kernel, Variant
-from optcompile.lowering.transforms import is_wrapped, transforms_active
+from optcompile.lowering.transforms import apply_without_transforms, is_wrapped, transforms_active
 
 __all__ = ["apply_kernel"]
 
@@ -70,8 +70,8 @@ class FusedStep(torch.autograd.Function):
             variant, vjp = kernel.full_variant, run_vjp
         else:
             variant = Variant(needs_by_input, tuple(c is not None for c in cot_lists))
-            differentiable = torch.is_grad_enabled() or any(
-                is_wrapped(t) for t in (*inputs, *cotangents)
+            differentiable = torch.is_grad_enabled() or (
+                transforms_active() and any(is_wrapped(t) for t in (*inputs, *cotangents))
             )
             vjp = run_vjp if differentiable else _backend_vjp(ctx.backend, kernel)
         tensor_grads, scalar_grads = vjp(kernel, variant, cot_lists, tensor_lists, scalars)
@@ -310,7 +310,9 @@ def apply_kernel(
             flat = [t.detach() for t in flat]
         packed = _apply(kernel, backend, n_leaves, len(tensor_lists), *flat)
     elif differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in flat):
-        packed = _apply(kernel, backend, n_leaves, len(tensor_lists), *flat)
+        packed = apply_without_transforms(
+            FusedStep, kernel, backend, n_leaves, len(tensor_lists), *flat
+        )
     else:
         with torch.no_grad():
             outputs = _distinct(backend.forward(kernel)(tensor_lists, scalars), flat)

@@ -3,7 +3,7 @@
 ``compose([a, b])`` is the rule whose update is ``b(a(g))``: every symbol of member ``i`` is
 renamed with the prefix ``s<i>_`` so that two members may both own a ``mu`` (and each its own
 ``count``: a chain's states may be reset apart); ``params`` is shared, since a chain's members
-see the same parameters.
+see the same parameters. ``applied(ir)`` folds the parameter update ``p + u`` into a rule.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import sympy
 
 from optcompile.lowering.trace import RuleIR
 
-__all__ = ["compose"]
+__all__ = ["compose", "applied", "PARAMS"]
+
+PARAMS = sympy.Symbol("params", real=True)  # the symbol trace() gives the ``params`` input
 
 
 def _renamed(ir: RuleIR, prefix: str) -> RuleIR:
@@ -55,4 +57,23 @@ def compose(irs: Sequence[RuleIR], name: str) -> RuleIR:
         params=params,
         counts=tuple(c for m in members for c in m.counts),
         outputs=(update_expr, *state_outputs),
+    )
+
+
+def applied(ir: RuleIR) -> RuleIR:
+    r"""The rule whose update output is the new parameter :math:`p' = p + u` instead of :math:`u`.
+
+    Meta-optimizers add the update at once; folded into the last fused kernel, the parameter
+    update costs no separate pass over memory, and its derivative is the identity in both.
+    """
+    params = ir.params if ir.params is not None else PARAMS
+    update, *state = ir.outputs
+    return RuleIR(
+        name=f"{ir.name}+apply_update",
+        update=ir.update,
+        state=ir.state,
+        hypers=ir.hypers,
+        params=params,
+        counts=ir.counts,
+        outputs=(params + update, *state),
     )

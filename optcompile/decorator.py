@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 import torch
 
 from optcompile.errors import LoweringError
-from optcompile.lowering.backends import _check_name
+from optcompile.lowering.backends import check_backend_name
 from optcompile.lowering.backends.inductor import availability
 from optcompile.settings import Settings, activated, current_backend, first_order_active
 from optcompile.unrolling import check_options, unroll_options
@@ -91,7 +91,7 @@ def optcompile(
         LoweringError: (at the call) the functional step cannot be traced as one graph; the
             message says why and what to change.
     """
-    _check_name(backend)
+    check_backend_name(backend)
     if not isinstance(first_order, bool):
         raise TypeError(f"first_order={first_order!r} must be True or False")
     check_options(checkpoint_every, truncate)

@@ -22,7 +22,9 @@ from typing import Any, NamedTuple
 import sympy
 import torch
 
+from optcompile.base import EmptyState
 from optcompile.errors import RuleError
+from optcompile.fused import from_rule
 from optcompile.lowering.check import Domain, parse_domain
 from optcompile.lowering.cse import eliminate_common_subexpressions
 from optcompile.lowering.kernel import Kernel, Variant
@@ -90,8 +92,6 @@ class Rule:
         Each value may be a number, a 0-d tensor (``requires_grad=True`` gives a hypergradient)
         or a schedule ``count -> value``; the reserved ``backend=`` picks a backend.
         """
-        from optcompile.fused import from_rule
-
         return from_rule(self, **hypers)
 
     def explain(self) -> str:
@@ -164,8 +164,6 @@ def _state_type(name: str, fields: tuple[str, ...]) -> type:
     unpickle in a fresh process, whatever rules that process has declared so far.
     """
     if not fields:
-        from optcompile.base import EmptyState
-
         return EmptyState
     cls = NamedTuple(name, [(f, Any) for f in fields])  # type: ignore[misc]
     cls.__module__ = __name__

@@ -136,7 +136,7 @@ def test_vmap_over_tasks_equals_a_loop_native():
         torch.testing.assert_close(g, w, **TOL)
 
 
-def test_vmap_runs_one_kernel_call_for_all_tasks():
+def test_vmap_runs_one_kernel_call_for_all_tasks(eager_backend):
     net, (xs, ys) = _net(), _data()
     meta = _meta_params(net)
     optcompile.reset_stats()

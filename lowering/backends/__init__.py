@@ -1,8 +1,12 @@
-"""Backend registry and selection: ``auto``, ``inductor``, ``native``, ``eager``.
+"""Backend registry and resolution: ``auto``, ``inductor``, ``native``, ``eager``.
 
-``auto`` picks the first backend, in :data:`AUTO_ORDER`, that supports the kernel on the
-device; when it has to skip one it warns once per (backend, reason) and records the fallback in
-:func:`optcompile.lowering.stats.stats`.
+:func:`resolve_backend` is the one place a step's backend is decided. The name comes from the
+transform (``backend=``), else from the innermost ``@optcompile`` call, else from the process
+default (:func:`set_default_backend`); ``auto`` picks the first backend, in :data:`AUTO_ORDER`,
+that supports the kernel on the device, and for a step too small to repay a compilation the
+first that runs it without compiling (:meth:`Backend.ready`), or for a toy-sized step the eager
+reference. Skipping a backend warns once per
+(backend, reason) and is recorded in :func:`optcompile.lowering.stats.stats`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ __all__ = [
     "BACKENDS",
     "AUTO_ORDER",
     "get_backend",
-    "select_backend",
+    "check_backend_name",
+    "resolve_backend",
     "set_default_backend",
     "default_backend",
     "register_backend",
@@ -34,10 +39,15 @@ BACKENDS: dict[str, Backend] = {"eager": EagerBackend()}
 AUTO_ORDER: list[str] = ["eager"]
 _default = "auto"
 _warned: set[tuple[str, str, str]] = set()
-# Under "auto", a step over fewer elements than this (all tensors together) runs eagerly:
-# compiling costs 1-12 s and would save a few microseconds per step (the seed tutorial's
-# one-parameter networks would wait seconds for nothing). 2**15 float32 = 128 KiB.
+# Under "auto", a step over fewer elements than this (all tensors together) runs on a backend
+# that needs no compilation (the native Adam once built, else eager): compiling costs 1-12 s
+# and would save a few microseconds per step (the seed tutorial's one-parameter networks would
+# wait seconds for nothing). 2**15 float32 = 128 KiB.
 _auto_compile_threshold = 2**15
+# Below this many elements (toy problems, tutorials: a step costs microseconds whatever runs
+# it) "auto" runs the eager reference, whose results match TorchOpt's to the last digit; the
+# native Adam rounds differently in the last bit.
+_REFERENCE_BELOW = 2**12
 
 
 def register_backend(backend: Backend, *, auto_position: int | None = None) -> None:
@@ -47,7 +57,8 @@ def register_backend(backend: Backend, *, auto_position: int | None = None) -> N
         AUTO_ORDER.insert(auto_position, backend.name)
 
 
-def _check_name(name: str, argument: str = "backend") -> None:
+def check_backend_name(name: str, argument: str = "backend") -> None:
+    """Raise ValueError unless ``name`` is ``"auto"`` or a registered backend."""
     if name != "auto" and name not in BACKENDS:
         choices = ", ".join(repr(n) for n in ["auto", *BACKENDS])
         raise ValueError(f"{argument}={name!r} is not a backend; expected one of {choices}")
@@ -56,12 +67,12 @@ def _check_name(name: str, argument: str = "backend") -> None:
 def set_default_backend(name: str) -> None:
     """Set the process-wide backend used where a transform says ``backend=None``."""
     global _default
-    _check_name(name)
+    check_backend_name(name)
     _default = name
 
 
 def set_auto_compile_threshold(elements: int) -> None:
-    """Under ``auto``, run steps over fewer than ``elements`` elements eagerly (0: never).
+    """Under ``auto``, steps over fewer than ``elements`` elements never compile (0: any may).
 
     Explicitly named backends are not affected.
     """
@@ -78,26 +89,33 @@ def default_backend() -> str:
 
 def get_backend(name: str) -> Backend:
     """The backend registered under ``name`` (not ``"auto"``)."""
-    _check_name(name)
+    check_backend_name(name)
     return BACKENDS[name]
 
 
-def select_backend(
+def resolve_backend(
     name: str | None, kernel: Kernel, device: torch.device, elements: int | None = None
 ) -> Backend:
     """The backend that runs ``kernel`` on ``device`` for the requested ``name``.
 
-    An explicit name that cannot run the kernel falls back like ``auto`` does. Every skip is
-    counted in :func:`~optcompile.lowering.stats.stats`; a warning says once per (backend
-    skipped, reason, backend used) why, so a user sees each distinct fallback exactly once.
-    Under ``auto``, native skipping a kernel that is not Adam is expected and not warned about,
-    and a step over fewer than the compile threshold's ``elements`` runs eagerly. With a named
+    ``name`` None means the process default. An explicit name that cannot run the kernel falls
+    back like ``auto`` does. Every skip is counted in
+    :func:`~optcompile.lowering.stats.stats`; a warning says once per (backend skipped, reason,
+    backend used) why, so a user sees each distinct fallback exactly once. Under ``auto``,
+    native skipping a kernel that is not Adam is expected and not warned about, and a step over
+    fewer than the compile threshold's ``elements`` runs on the first backend that is
+    :meth:`~Backend.ready` for it (below 4096 elements on the eager reference). With a named
     backend only that backend's skip is warned about (the message names the one used).
     """
     name = _default if name is None else name
-    _check_name(name)
+    check_backend_name(name)
     if name == "auto" and elements is not None and elements < _auto_compile_threshold:
-        return BACKENDS["eager"]
+        if elements < _REFERENCE_BELOW:
+            return BACKENDS["eager"]
+        return next(
+            (BACKENDS[n] for n in AUTO_ORDER if BACKENDS[n].ready(kernel, device)),
+            BACKENDS["eager"],
+        )
     order = AUTO_ORDER if name == "auto" else [name, *(n for n in AUTO_ORDER if n != name)]
     skipped: list[tuple[str, str]] = []
     for candidate in order:

@@ -47,6 +47,13 @@ class Backend(ABC):
     def supports(self, kernel: Kernel, device: torch.device) -> str | None:
         """None if this backend can run ``kernel`` on ``device``, else the reason it cannot."""
 
+    def ready(self, kernel: Kernel, device: torch.device) -> bool:
+        """Whether it runs ``kernel`` on ``device`` now, without compiling or building anything.
+
+        ``auto`` asks this for steps too small to repay a compilation; the default is False.
+        """
+        return False
+
     @abstractmethod
     def forward(self, kernel: Kernel) -> ForwardFn:
         """The multi-tensor forward of ``kernel``."""

@@ -9,7 +9,6 @@ __all__ = [
     "scale_by_neg_lr",
     "flip_sign_and_add_weight_decay",
     "add_decayed_weights",
-    "apply_update",
 ]
 
 
@@ -39,13 +38,3 @@ def flip_sign_and_add_weight_decay(g, *, weight_decay=0.0, sign=1.0, params):
 def add_decayed_weights(g, *, weight_decay=0.0, params):
     r"""Decoupled weight decay (AdamW), after preconditioning: :math:`u = g + \lambda p`."""
     return g + weight_decay * params, ()
-
-
-@rule
-def apply_update(u, *, params):
-    r"""The new parameter :math:`p' = p + u`.
-
-    Appended to the last fused unit when the caller applies the update at once (meta-optimizers),
-    so that the parameter update costs no separate pass over memory.
-    """
-    return params + u, ()
