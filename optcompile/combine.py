@@ -200,12 +200,13 @@ def _units(members: Sequence[GradientTransformation]) -> list[tuple[GradientTran
 
 
 def _fusable(previous: GradientTransformation, nxt: RuleTransformation) -> bool:
-    # A statistic of the incoming updates (a clip coefficient) needs them as real tensors, so a
-    # member that uses one starts a new unit.
+    # A statistic of the incoming updates (a clip coefficient, or a per-leaf norm declared by
+    # the rule) needs them as real tensors, so a member that uses one starts a new unit.
     return (
         isinstance(previous, RuleTransformation)
         and previous.backend == nxt.backend
         and not nxt.members[0].uses_statistic()
+        and not nxt.members[0].rule.stats
     )
 
 
