@@ -395,9 +395,26 @@ DB: dict[str, Entry] = {
                 optax=lambda ox: ox.lars(0.5, trust_coefficient=0.02, momentum=0.5, nesterov=True),
                 closed_form=_lars(0.5, 0.0, 0.02, 0.5, nesterov=True),
             ),
+            Reference(
+                "masks",
+                {
+                    "lr": 0.5,
+                    "weight_decay": 0.01,
+                    "trust_coefficient": 0.02,
+                    "weight_decay_mask": [True, False, True, True],
+                    "trust_ratio_mask": [True, True, False, True],
+                },
+                optax=lambda ox: ox.lars(
+                    0.5,
+                    weight_decay=0.01,
+                    weight_decay_mask=[True, False, True, True],
+                    trust_coefficient=0.02,
+                    trust_ratio_mask=[True, True, False, True],
+                ),
+            ),
         ),
         metas=(Meta({"lr": 1.0, "trust_coefficient": 0.02, "weight_decay": 0.01}),),
-        flags=("nesterov",),
+        flags=("nesterov", "weight_decay_mask", "trust_ratio_mask"),
         errors=(({"trust_coefficient": -1.0}, HyperparameterError, r"^trust_coefficient=-1\.0 "),),
     ),
     "novograd": Entry(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
 import optcompile as oc
 from optcompile import sym
@@ -69,6 +69,24 @@ def test_gradient_through_the_statistics_passes_gradcheck(name):
         return tuple(updates)
 
     assert torch.autograd.gradcheck(step, (*grads, *params))
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_forward_mode_through_the_statistics_matches_finite_differences(name):
+    tx = TRANSFORMS[name]()
+    grads, params = _leaves(10), _leaves(11)
+    tangents = _leaves(12)
+    state = tx.init(params)
+
+    def step(*g):
+        return tuple(tx.update(list(g), state, params=params, inplace=False)[0])
+
+    _, got = jvp(step, tuple(grads), tuple(tangents))
+    h = 1e-6
+    plus = step(*(g + h * t for g, t in zip(grads, tangents, strict=True)))
+    minus = step(*(g - h * t for g, t in zip(grads, tangents, strict=True)))
+    for a, p, m in zip(got, plus, minus, strict=True):
+        torch.testing.assert_close(a, (p - m) / (2 * h), rtol=1e-6, atol=1e-8)
 
 
 def test_a_zero_update_and_a_zero_parameter_give_finite_values_and_gradients():
