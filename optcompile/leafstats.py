@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optree
 import torch
+
+if TYPE_CHECKING:  # fused.py imports this module at run time
+    from optcompile.fused import Member
 
 __all__ = [
     "LeafStatistic",
@@ -133,13 +136,13 @@ PARAM_UNITWISE_NORM = LeafStatistic(
 
 
 def leaf_statistic_inputs(
-    members: Sequence[Any], updates: Sequence[torch.Tensor], params: Any, group: Sequence[int]
+    members: Sequence[Member], updates: Sequence[torch.Tensor], params: Any, group: Sequence[int]
 ) -> list[list[torch.Tensor]]:
     """The kernel's statistic inputs for one group of leaves: one list per declared statistic.
 
     Args:
-        members: the fused unit's members (each with ``.rule``); only the first may declare
-            statistics, since only its incoming updates exist as tensors.
+        members: the fused unit's members; only the first may declare statistics, since only
+            its incoming updates exist as tensors.
         updates: the group's incoming update tensors.
         params: the parameters' pytree (or None), indexed by the leaf positions in ``group``.
         group: the positions of ``updates``' leaves among all leaves.
@@ -150,7 +153,7 @@ def leaf_statistic_inputs(
 
     Raises:
         ValueError: a later member declares statistics, or a statistic needs ``params=`` and
-            none was given.
+            none (or parameters of other shapes) were given.
     """
     for member in members[1:]:
         if member.rule.stats:
@@ -159,28 +162,40 @@ def leaf_statistic_inputs(
                 f"must start a fused unit; chain it instead of fusing it after "
                 f"{members[0].rule.name}"
             )
-    declared: dict[str, LeafStatistic] = members[0].rule.stats if members else {}
+    declared = members[0].rule.stats if members else {}
     if not declared:
         return []
-    p_leaves: list[Any] = [None] * (max(group) + 1)
-    if any(s.reads_params for s in declared.values()):
-        if params is None:
+    needs_params = any(stat.reads_params for stat in declared.values())
+    p_group = _param_group(members[0].rule.name, params, updates, group) if needs_params else None
+    return [
+        [
+            stat.fn(u, p_group[k] if p_group is not None and stat.reads_params else None)
+            .to(u.dtype)
+            .expand_as(u)
+            for k, u in enumerate(updates)
+        ]
+        for stat in declared.values()
+    ]
+
+
+def _param_group(
+    name: str, params: Any, updates: Sequence[torch.Tensor], group: Sequence[int]
+) -> list[torch.Tensor]:
+    """The parameter leaves at ``group``'s positions, checked against their updates."""
+    if params is None:
+        raise ValueError(
+            f"{name} reads the parameters: pass params= to update() "
+            f"(e.g. tx.update(grads, state, params=params))"
+        )
+    leaves = optree.tree_leaves(params, none_is_leaf=True)
+    selected = []
+    for u, i in zip(updates, group, strict=True):
+        p = leaves[i] if i < len(leaves) else None
+        if not isinstance(p, torch.Tensor) or p.shape != u.shape:
+            shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
             raise ValueError(
-                f"{members[0].rule.name} reads the parameters: pass params= to update() "
-                f"(e.g. tx.update(grads, state, params=params))"
+                f"params: leaf {i} is {shape} but its update has shape {tuple(u.shape)}; pass "
+                f"the parameters the updates are for"
             )
-        p_leaves = optree.tree_leaves(params, none_is_leaf=True)
-    columns = []
-    for stat in declared.values():
-        column = []
-        for u, i in zip(updates, group, strict=True):
-            p = p_leaves[i] if stat.reads_params else None
-            if stat.reads_params and (p is None or p.shape != u.shape):
-                shape = None if p is None else tuple(p.shape)
-                raise ValueError(
-                    f"params: leaf {i} has shape {shape} but its update has {tuple(u.shape)}"
-                )
-            value = stat.fn(u, p)
-            column.append(value.to(u.dtype).expand_as(u))
-        columns.append(column)
-    return columns
+        selected.append(p)
+    return selected

@@ -248,5 +248,7 @@ def test_leafwise_transforms_validate_at_construction_and_need_params():
     g = {"w": torch.ones(2)}
     with pytest.raises(ValueError, match="reads the parameters: pass params="):
         tx.update(g, tx.init(g))
+    with pytest.raises(ValueError, match=r"^params: leaf 0 is \(3,\) but its update has shape"):
+        tx.update(g, tx.init(g), params={"w": torch.ones(3)})
     assert oc.scale_by_trust_ratio is T.scale_by_trust_ratio
     assert {"clip_by_block_rms", "adaptive_grad_clip"} <= set(oc.__all__)
