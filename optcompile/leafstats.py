@@ -17,6 +17,17 @@ have derivative 0 at 0 (``torch.linalg.vector_norm``'s convention) instead of Na
 A statistic is of the update that *enters* its rule, so a rule with statistics starts a new
 fused unit of a chain (as a rule fed an :class:`~optcompile.fused.UpdatesStatistic` does); the
 rules after it fuse with it.
+
+Example:
+    >>> import torch, optcompile
+    >>> @optcompile.rule(stats={"norm": UPDATE_NORM})
+    ... def normalize(g, *, eps=0.0, norm):
+    ...     return g / (norm + eps), ()
+    >>> tx = normalize(backend="eager")
+    >>> g = [torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0])]
+    >>> updates, _ = tx.update(g, tx.init(g))
+    >>> [u.tolist() for u in updates]  # each tensor divided by its own norm
+    [[0.6000000238418579, 0.800000011920929], [0.0, 1.0]]
 """
 
 from __future__ import annotations
