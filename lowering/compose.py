@@ -3,7 +3,8 @@
 ``compose([a, b])`` is the rule whose update is ``b(a(g))``: every symbol of member ``i`` is
 renamed with the prefix ``s<i>_`` so that two members may both own a ``mu`` (and each its own
 ``count``: a chain's states may be reset apart); ``params`` is shared, since a chain's members
-see the same parameters. ``applied(ir)`` folds the parameter update ``p + u`` into a rule.
+see the same parameters. Per-leaf statistics are per member (each is of its member's incoming
+update), renamed like the rest. ``applied(ir)`` folds the parameter update ``p + u`` into a rule.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ PARAMS = sympy.Symbol("params", real=True)  # the symbol trace() gives the ``par
 def _renamed(ir: RuleIR, prefix: str) -> RuleIR:
     mapping = {
         s: sympy.Symbol(prefix + s.name, real=True)
-        for s in (ir.update, *ir.state, *ir.hypers, *ir.counts)
+        for s in (ir.update, *ir.state, *ir.hypers, *ir.counts, *ir.stats)
     }
     return RuleIR(
         name=ir.name,
@@ -32,6 +33,7 @@ def _renamed(ir: RuleIR, prefix: str) -> RuleIR:
         params=ir.params,
         counts=tuple(mapping[c] for c in ir.counts),
         outputs=tuple(out.xreplace(mapping) for out in ir.outputs),
+        stats=tuple(mapping[s] for s in ir.stats),
     )
 
 
@@ -57,6 +59,7 @@ def compose(irs: Sequence[RuleIR], name: str) -> RuleIR:
         params=params,
         counts=tuple(c for m in members for c in m.counts),
         outputs=(update_expr, *state_outputs),
+        stats=tuple(s for m in members for s in m.stats),
     )
 
 
@@ -76,4 +79,5 @@ def applied(ir: RuleIR) -> RuleIR:
         params=params,
         counts=ir.counts,
         outputs=(params + update, *state),
+        stats=ir.stats,
     )

@@ -97,10 +97,6 @@ class Kernel:
         values = dict(zip(wanted, diff.vjp(ir.outputs, cotangents, wanted), strict=True))
         return [None if values.get(x, 0) == 0 else values[x] for x in wrt]
 
-    def vjp_source(self, variant: Variant) -> str:
-        """Python source of the per-element VJP for ``variant``."""
-        return self._vjp(variant)[0]
-
     def vjp(self, variant: Variant) -> Callable[..., tuple[torch.Tensor | None, ...]]:
         """The per-element VJP ``(cotangents..., tensors..., scalars...) -> input cotangents``.
 

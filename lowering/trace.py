@@ -40,6 +40,8 @@ class RuleIR:
             declared rule, one per count-reading member for a fused chain (members whose
             states were reset separately are at different steps).
         outputs: the new update followed by the new value of each state buffer.
+        stats: the per-leaf statistic symbols (a norm per parameter tensor, broadcast to its
+            shape), in declaration order; per-element inputs after ``params``.
     """
 
     name: str
@@ -49,11 +51,13 @@ class RuleIR:
     params: sympy.Symbol | None
     counts: tuple[sympy.Symbol, ...]
     outputs: tuple[sympy.Expr, ...]
+    stats: tuple[sympy.Symbol, ...] = ()
 
     @property
     def tensor_inputs(self) -> tuple[sympy.Symbol, ...]:
-        """The per-element inputs: update, state buffers, then params if used."""
-        return (self.update, *self.state, *((self.params,) if self.params is not None else ()))
+        """The per-element inputs: update, state buffers, params if used, then statistics."""
+        params = (self.params,) if self.params is not None else ()
+        return (self.update, *self.state, *params, *self.stats)
 
     @property
     def scalar_inputs(self) -> tuple[sympy.Symbol, ...]:
@@ -66,7 +70,7 @@ def _symbol(name: str) -> sympy.Symbol:
 
 
 def signature_of(
-    fn: Callable[..., object], state: tuple[str, ...]
+    fn: Callable[..., object], state: tuple[str, ...], stats: tuple[str, ...] = ()
 ) -> tuple[str, dict[str, object], bool, bool]:
     """Check ``fn``'s signature against the conventions; return its parts.
 
@@ -102,9 +106,16 @@ def signature_of(
             f"rule {name}: the positional parameters after the update must be exactly the "
             f"state buffers in order, state={tuple(state)}, got {tuple(positional[1:])}"
         )
+    keyword_names = {p.name for p in keyword}
+    for s in stats:
+        if s in RESERVED or s not in keyword_names:
+            raise RuleError(
+                f"rule {name}: statistic {s!r} must be a keyword-only parameter of the rule "
+                f"(after `*`), not one of {RESERVED}"
+            )
     hypers: dict[str, object] = {}
     for p in keyword:
-        if p.name in RESERVED:
+        if p.name in RESERVED or p.name in stats:
             continue
         if p.default is p.empty:
             raise RuleError(
@@ -121,7 +132,7 @@ def signature_of(
     return positional[0], hypers, "params" in names, "count" in names
 
 
-def trace(fn: Callable[..., object], state: tuple[str, ...]) -> RuleIR:
+def trace(fn: Callable[..., object], state: tuple[str, ...], stats: tuple[str, ...] = ()) -> RuleIR:
     """Evaluate ``fn`` on symbols and return its :class:`RuleIR`.
 
     Raises:
@@ -130,7 +141,7 @@ def trace(fn: Callable[..., object], state: tuple[str, ...]) -> RuleIR:
             wrong shape.
     """
     name = getattr(fn, "__name__", repr(fn))
-    update_name, hyper_defaults, uses_params, uses_count = signature_of(fn, state)
+    update_name, hyper_defaults, uses_params, uses_count = signature_of(fn, state, stats)
     update = _symbol(update_name)
     state_syms = tuple(_symbol(s) for s in state)
     hyper_syms = {h: _symbol(h) for h in hyper_defaults}
@@ -141,6 +152,8 @@ def trace(fn: Callable[..., object], state: tuple[str, ...]) -> RuleIR:
         kwargs["params"] = params
     if count is not None:
         kwargs["count"] = count
+    stat_syms = tuple(_symbol(s) for s in stats)
+    kwargs.update(zip(stats, stat_syms, strict=True))
     try:
         result = fn(update, *state_syms, **kwargs)
     except TypeError as err:
@@ -158,6 +171,7 @@ def trace(fn: Callable[..., object], state: tuple[str, ...]) -> RuleIR:
         params=params,
         counts=() if count is None else (count,),
         outputs=outputs,
+        stats=stat_syms,
     )
 
 

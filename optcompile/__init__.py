@@ -56,7 +56,12 @@ from optcompile.state import (
     recover_state_dict,
     stop_gradient,
 )
-from optcompile.transform import nan_to_num
+from optcompile.transform import (
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    nan_to_num,
+    scale_by_trust_ratio,
+)
 from optcompile.unrolling import unroll, unroll_options
 from optcompile.update import apply_transform, apply_updates
 from optcompile.version import __version__ as __version__
@@ -70,7 +75,8 @@ __all__ = [
     # functional API
     "GradientTransformation", "ChainedGradientTransformation", "EmptyState", "UninitializedState",
     "identity", "chain", "apply_updates", "apply_transform", "clip_grad_norm", "nan_to_num",
-    "register_hook", "unroll", "meta_unroll", "unroll_options",
+    "register_hook", "unroll", "meta_unroll", "unroll_options", "scale_by_trust_ratio",
+    "clip_by_block_rms", "adaptive_grad_clip",
     # optimizer objects (the registered optimizers' aliases and classes are appended below)
     "Optimizer", "FuncOptimizer", "MetaOptimizer",
     # state utilities

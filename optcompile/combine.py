@@ -60,6 +60,12 @@ def explain(tx: GradientTransformation) -> str:
                 for name, value in m.hypers
                 if isinstance(value, UpdatesStatistic)
             ]
+            lines += [
+                f"    {m.rule.name}.{name} = {stat.description} per parameter tensor, computed "
+                f"before the kernel and broadcast to the tensor's shape"
+                for m in unit.members
+                for name, stat in m.rule.stats.items()
+            ]
         else:
             lines.append(f"[{k}] {unit.describe()} (not elementwise; runs on its own)")
     for unit in units:

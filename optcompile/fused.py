@@ -95,13 +95,14 @@ class RuleTransformation(GradientTransformation):
     def fused_with(self, following: GradientTransformation) -> GradientTransformation | None:
         """One unit of both when ``following`` is a rule transformation on the same backend.
 
-        A statistic of the incoming updates (a clip coefficient) needs them as real tensors, so
-        a member that uses one starts a new unit.
+        A statistic of the incoming updates (a clip coefficient, or a per-leaf norm declared by
+        the rule) needs them as real tensors, so a member that uses one starts a new unit.
         """
         if (
             isinstance(following, RuleTransformation)
             and following.backend == self.backend
             and not following.members[0].uses_statistic()
+            and not following.members[0].rule.stats
         ):
             return RuleTransformation(self.members + following.members, self.backend)
         return None

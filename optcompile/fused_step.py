@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import optree
 import torch
 
+from optcompile.leafstats import leaf_statistic_inputs
 from optcompile.lowering.autograd import apply_kernel
 from optcompile.lowering.backends import Backend, get_backend, resolve_backend
 from optcompile.lowering.compose import applied, compose
@@ -203,6 +204,8 @@ def step(
         tensor_lists = [[leaves[i] for i in group], *([c[i] for i in group] for c in columns)]
         if p_leaves is not None:
             tensor_lists.append([p_leaves[i] for i in group])
+        # Per-leaf statistics (norms per tensor), broadcast views after params (see leafstats).
+        tensor_lists += leaf_statistic_inputs(members, tensor_lists[0], params, group)
         scalars = [
             _scalar(v, count, tensor_lists[0], device, dtype)
             for values, count in zip(hypers, member_counts, strict=True)

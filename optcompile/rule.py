@@ -25,6 +25,7 @@ import torch
 from optcompile.base import EmptyState
 from optcompile.errors import RuleError
 from optcompile.fused import from_rule
+from optcompile.leafstats import LeafStatistic
 from optcompile.lowering.check import Domain, parse_domain
 from optcompile.lowering.cse import eliminate_common_subexpressions
 from optcompile.lowering.kernel import Kernel, Variant
@@ -43,6 +44,8 @@ class Rule:
         domains: the allowed domain of each hyper-parameter that declares one.
         init: the initial value of each state buffer, a number or a hyper-parameter's name.
         state_type: the NamedTuple class of this rule's state.
+        stats: the per-leaf statistics the body reads, by name, in declaration order (see
+            :mod:`optcompile.leafstats`).
     """
 
     def __init__(
@@ -53,11 +56,19 @@ class Rule:
         init: Mapping[str, float | str] | None = None,
         domains: Mapping[str, str] | None = None,
         state_name: str | None = None,
+        stats: Mapping[str, LeafStatistic] | None = None,
     ) -> None:
         if isinstance(state, str) or not all(isinstance(s, str) for s in state):
             raise RuleError(f"rule {fn.__name__}: state= must be a tuple of names, got {state!r}")
+        self.stats: dict[str, LeafStatistic] = dict(stats or {})
+        for name, value in self.stats.items():
+            if not isinstance(value, LeafStatistic):
+                raise RuleError(
+                    f"rule {fn.__name__}: stats[{name!r}] must be an "
+                    f"optcompile.leafstats.LeafStatistic, got {type(value).__name__}"
+                )
         self.fn = fn
-        self.ir: RuleIR = trace(fn, tuple(state))
+        self.ir: RuleIR = trace(fn, tuple(state), tuple(self.stats))
         self.kernel = Kernel(self.ir)
         self.name = self.ir.name
         self.defaults: dict[str, float] = {h.name: _default(fn, h.name) for h in self.ir.hypers}
@@ -116,6 +127,7 @@ def rule(
     init: Mapping[str, float | str] | None = None,
     domains: Mapping[str, str] | None = None,
     state_name: str | None = None,
+    stats: Mapping[str, LeafStatistic] | None = None,
 ) -> Any:
     """Declare an elementwise update rule (usable as ``@rule`` or ``@rule(state=(...))``).
 
@@ -125,13 +137,18 @@ def rule(
         init: initial values of state buffers (default 0): a number or a hyper-parameter name.
         domains: allowed values per hyper-parameter, e.g. ``{"decay": "[0, 1)", "eps": ">= 0"}``.
         state_name: the name of the state NamedTuple (default ``<CamelName>State``).
+        stats: per-leaf statistics the body reads as keyword-only inputs without default,
+            e.g. ``{"update_norm": UPDATE_NORM}`` (see :mod:`optcompile.leafstats`): computed
+            per parameter tensor before the kernel and broadcast to its shape.
 
     Raises:
         RuleError: the declaration breaks a convention (raised here, at declaration).
     """
 
     def wrap(f: Callable) -> Rule:
-        return Rule(f, state=tuple(state), init=init, domains=domains, state_name=state_name)
+        return Rule(
+            f, state=tuple(state), init=init, domains=domains, state_name=state_name, stats=stats
+        )
 
     return wrap if fn is None else wrap(fn)
 

@@ -111,6 +111,43 @@ def _adan(lr, wd, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8):
     return step
 
 
+def _trust(p, r, coefficient=1.0, eps=0.0):
+    """optax's trust ratio of one tensor: 1 where a norm is 0."""
+    pn, rn = torch.linalg.vector_norm(p), torch.linalg.vector_norm(r)
+    return 1.0 if pn == 0 or rn == 0 else coefficient * pn / (rn + eps)
+
+
+def _lamb(lr, wd, b1=0.9, b2=0.999, eps=1e-6):
+    def step(p, g, s, t):
+        m = s["m"] = b1 * s.get("m", 0) + (1 - b1) * g
+        v = s["v"] = b2 * s.get("v", 0) + (1 - b2) * g**2
+        r = (m / (1 - b1**t)) / (torch.sqrt(v / (1 - b2**t)) + eps) + wd * p
+        return p - lr * _trust(p, r) * r
+
+    return step
+
+
+def _lars(lr, wd, coefficient, momentum, nesterov=False):
+    def step(p, g, s, t):
+        r = g + wd * p
+        u = -lr * _trust(p, r, coefficient) * r
+        b = s["b"] = momentum * s.get("b", 0) + u
+        return p + (u + momentum * b if nesterov else b)
+
+    return step
+
+
+def _novograd(lr, wd, b1=0.9, b2=0.25, eps=1e-6):
+    def step(p, g, s, t):
+        sq = (g**2).sum()
+        nu = s["nu"] = sq if t == 1 else b2 * s["nu"] + (1 - b2) * sq
+        d = g / (torch.sqrt(nu) + eps) + wd * p
+        m = s["m"] = d if t == 1 else b1 * s["m"] + d
+        return p - lr * m
+
+    return step
+
+
 def _betas_error(name: str = "betas") -> tuple:
     return ({name: (1.0, 0.9)}, HyperparameterError, rf"^{name}\[0\]=1\.0 ")
 
@@ -329,5 +366,67 @@ DB: dict[str, Entry] = {
         metas=(Meta({"lr": 0.01}, zero=True),),
         flags=("maximize",),
         errors=(({"etas": (0.5,)}, TypeError, r"^etas=\(0\.5,\) must be a pair"),),
+    ),
+    # Per-leaf statistics (optcompile.leafstats): norms per parameter tensor.
+    "lamb": Entry(
+        references=(
+            Reference(
+                "wd",
+                {"lr": 0.05, "weight_decay": 0.01},
+                optax=lambda ox: ox.lamb(0.05, weight_decay=0.01),
+                closed_form=_lamb(0.05, 0.01),
+            ),
+        ),
+        metas=(Meta({"lr": 0.05, "weight_decay": 0.01}),),
+        errors=(_betas_error(), ({"eps_root": -1.0}, HyperparameterError, r"^eps_root=-1")),
+        inductor=True,
+    ),
+    "lars": Entry(
+        references=(
+            Reference(
+                "wd",
+                {"lr": 0.5, "weight_decay": 0.01, "trust_coefficient": 0.02},
+                optax=lambda ox: ox.lars(0.5, weight_decay=0.01, trust_coefficient=0.02),
+                closed_form=_lars(0.5, 0.01, 0.02, 0.9),
+            ),
+            Reference(
+                "nesterov",
+                {"lr": 0.5, "trust_coefficient": 0.02, "momentum": 0.5, "nesterov": True},
+                optax=lambda ox: ox.lars(0.5, trust_coefficient=0.02, momentum=0.5, nesterov=True),
+                closed_form=_lars(0.5, 0.0, 0.02, 0.5, nesterov=True),
+            ),
+            Reference(
+                "masks",
+                {
+                    "lr": 0.5,
+                    "weight_decay": 0.01,
+                    "trust_coefficient": 0.02,
+                    "weight_decay_mask": [True, False, True, True],
+                    "trust_ratio_mask": [True, True, False, True],
+                },
+                optax=lambda ox: ox.lars(
+                    0.5,
+                    weight_decay=0.01,
+                    weight_decay_mask=[True, False, True, True],
+                    trust_coefficient=0.02,
+                    trust_ratio_mask=[True, True, False, True],
+                ),
+            ),
+        ),
+        metas=(Meta({"lr": 1.0, "trust_coefficient": 0.02, "weight_decay": 0.01}),),
+        flags=("nesterov", "weight_decay_mask", "trust_ratio_mask"),
+        errors=(({"trust_coefficient": -1.0}, HyperparameterError, r"^trust_coefficient=-1\.0 "),),
+    ),
+    "novograd": Entry(
+        references=(
+            Reference(
+                "wd",
+                {"lr": 0.05, "weight_decay": 0.01},
+                optax=lambda ox: ox.novograd(0.05, weight_decay=0.01),
+                closed_form=_novograd(0.05, 0.01),
+            ),
+        ),
+        metas=(Meta({"lr": 0.05}),),
+        errors=(_betas_error(),),
     ),
 }

@@ -40,6 +40,9 @@ META_OPTIMIZERS = {
     "MetaRProp": {"lr": 0.01},
     "MetaSignSGD": {"lr": 0.01},
     "MetaYogi": {"lr": 0.05},
+    "MetaLamb": {"lr": 0.05, "weight_decay": 0.01},
+    "MetaLARS": {"lr": 1.0, "trust_coefficient": 0.02},
+    "MetaNovoGrad": {"lr": 0.05},
 }
 
 

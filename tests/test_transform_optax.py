@@ -186,3 +186,69 @@ def test_add_noise_has_the_annealed_variance_and_is_reproducible():
     assert not torch.equal(draws[0], draws[1])
     with pytest.raises(oc.HyperparameterError, match="^eta=-1"):
         T.add_noise(-1.0, 0.5)
+
+
+# ---------------------------------------------- per-tensor statistics (optcompile.leafstats)
+
+
+@needs_optax
+@pytest.mark.parametrize("min_norm, coefficient, eps", [(0.0, 1.0, 0.0), (0.5, 0.3, 1e-3)])
+def test_scale_by_trust_ratio_matches_optax(min_norm, coefficient, eps):
+    def grads(k):
+        g = _tree(k)
+        if k == 1:
+            g["b"] = torch.zeros_like(g["b"])  # a zero norm: ratio 1 (or min_norm's)
+        return g
+
+    _compare(
+        oc.chain(T.scale_by_trust_ratio(min_norm, coefficient, eps, backend=B), T.scale(-0.1)),
+        optax.chain(optax.scale_by_trust_ratio(min_norm, coefficient, eps), optax.scale(-0.1)),
+        grads=grads,
+    )
+
+
+@needs_optax
+@pytest.mark.parametrize("inplace", [True, False])
+def test_clip_by_block_rms_matches_optax(inplace):
+    _compare(
+        oc.chain(T.trace(0.5, backend=B), T.clip_by_block_rms(0.8, backend=B)),
+        optax.chain(optax.trace(0.5), optax.clip_by_block_rms(0.8)),
+        inplace=inplace,
+    )
+
+
+@needs_optax
+def test_adaptive_grad_clip_matches_optax_unitwise_on_every_rank():
+    shapes = {"v": (5,), "m": (3, 4), "h": (2, 3, 4), "c": (2, 2, 3, 4), "s": (), "col": (4, 1)}
+    gen = torch.Generator().manual_seed(0)
+    params = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    params["m"][:, 1] = 0.0  # a zero unit: eps bounds its allowed norm
+    ours, theirs = T.adaptive_grad_clip(0.3, backend=B), optax.adaptive_grad_clip(0.3)
+    for k in range(3):
+        grads = {n: (k + 1) * torch.randn_like(p) for n, p in params.items()}
+        grads["v"] = torch.zeros_like(grads["v"])  # exactly zero: passes unchanged
+        o_upd, _ = ours.update(grads, ours.init(params), params=params, inplace=False)
+        jax_tree = {n: jnp.asarray(v.numpy()) for n, v in grads.items()}
+        jax_params = {n: jnp.asarray(v.numpy()) for n, v in params.items()}
+        t_upd, _ = theirs.update(jax_tree, theirs.init(jax_params), jax_params)
+        for n in shapes:
+            expected = torch.tensor(np.array(t_upd[n]))
+            torch.testing.assert_close(o_upd[n], expected, rtol=1e-10, atol=1e-12)
+        assert any(not torch.equal(o_upd[n], grads[n]) for n in shapes)  # some unit clipped
+
+
+def test_leafwise_transforms_validate_at_construction_and_need_params():
+    with pytest.raises(oc.HyperparameterError, match="^threshold=0"):
+        T.clip_by_block_rms(0.0)
+    with pytest.raises(oc.HyperparameterError, match="^clipping=-1"):
+        T.adaptive_grad_clip(-1.0)
+    with pytest.raises(oc.HyperparameterError, match="^min_norm=-1"):
+        T.scale_by_trust_ratio(min_norm=-1.0)
+    tx = T.scale_by_trust_ratio()
+    g = {"w": torch.ones(2)}
+    with pytest.raises(ValueError, match="reads the parameters: pass params="):
+        tx.update(g, tx.init(g))
+    with pytest.raises(ValueError, match=r"^params: leaf 0 is \(3,\) but its update has shape"):
+        tx.update(g, tx.init(g), params={"w": torch.ones(3)})
+    assert oc.scale_by_trust_ratio is T.scale_by_trust_ratio
+    assert {"clip_by_block_rms", "adaptive_grad_clip"} <= set(oc.__all__)

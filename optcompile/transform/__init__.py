@@ -23,6 +23,11 @@ from optcompile.rules import rms as _rms
 from optcompile.rules import sgd as _sgd
 from optcompile.transform import utils as utils
 from optcompile.transform._elementwise import AddNoiseState, add_noise, centralize, clip, ema
+from optcompile.transform._leafwise import (
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    scale_by_trust_ratio,
+)
 from optcompile.transform._wrappers import (
     ApplyIfFiniteState,
     LookaheadState,
@@ -69,6 +74,10 @@ __all__ = [
     "MultiTransformState",
     "lookahead",
     "LookaheadState",
+    # per-tensor statistics (optcompile.leafstats)
+    "scale_by_trust_ratio",
+    "clip_by_block_rms",
+    "adaptive_grad_clip",
 ]
 
 
