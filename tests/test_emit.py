@@ -22,6 +22,28 @@ def test_arithmetic_prints_divisions_as_divisions():
     assert print_expr(x / 2, NAMES) == "(x / 2.0)"
 
 
+def test_negative_terms_are_subtracted_and_scalars_combined_before_tensors():
+    tensors = frozenset({x, y})
+    assert print_expr(x - y, NAMES) == "(x - y)"
+    assert print_expr(1 - c, NAMES) == "(1 - c)"
+    assert print_expr(-x - y, NAMES) == "(-x - y)"
+    # c * 2 is computed first: one pass over x instead of two
+    assert print_expr(x * c * 2, NAMES, tensors) == "(2 * c * x)"
+    assert print_expr(y - x * c, NAMES, tensors) == "(y - (c * x))"
+    assert print_expr(x + c + 1, NAMES, tensors) == "(1 + c + x)"
+
+
+def test_reordered_source_computes_the_same_values():
+    @optcompile.rule
+    def shifted(g, *, a=0.5, b=2.0, params):
+        return params - a * g * b + (1 - a) - g, ()
+
+    g, p = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    a, b = torch.tensor(0.5, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
+    (out,) = shifted.kernel.forward(g, p, a, b)
+    torch.testing.assert_close(out, p - 0.5 * g * 2.0 + 0.5 - g, rtol=0, atol=1e-15)
+
+
 def test_functions_and_where_print_through_the_runtime_helpers():
     assert print_expr(sym.sqrt(x), NAMES) == "_rt.sqrt(x)"
     assert print_expr(sym.maximum(x, y), NAMES) == "_rt.maximum(x, y)"
@@ -37,7 +59,7 @@ def test_forward_source_of_a_rule_is_stable():
 
     assert rms.kernel.forward_source == (
         "def rms_forward(g, nu, decay, eps):\n"
-        "    _t0 = ((decay * nu) + ((g * g) * (1 + (-decay))))\n"
+        "    _t0 = ((decay * nu) + ((1 - decay) * (g * g)))\n"
         "    return ((g / (eps + _rt.sqrt(_t0))), _t0,)\n"
     )
 
@@ -48,7 +70,7 @@ def test_scalar_denominators_become_one_reciprocal_per_call():
         return g / (1 - b**count), ()
 
     source = bias_corrected.kernel.forward_source
-    assert "(1.0 / (1 + (-(b ** count))))" in source and "g / " not in source
+    assert "(1.0 / (1 - (b ** count)))" in source and "g / " not in source
     out = bias_corrected.kernel.forward(
         torch.tensor([1.0, 2.0]), torch.tensor(0.5), torch.tensor(1.0)
     )

@@ -4,8 +4,8 @@
 transform (``backend=``), else from the innermost ``@optcompile`` call, else from the process
 default (:func:`set_default_backend`); ``auto`` picks the first backend, in :data:`AUTO_ORDER`,
 that supports the kernel on the device, and for a step too small to repay a compilation the
-first that runs it without compiling (:meth:`Backend.ready`), or for a toy-sized step the eager
-reference. Skipping a backend warns once per
+first that does not compile per shape (the native Adam, built once per machine, else eager),
+or for a toy-sized step the eager reference. Skipping a backend warns once per
 (backend, reason) and is recorded in :func:`optcompile.lowering.stats.stats`.
 """
 
@@ -39,10 +39,10 @@ BACKENDS: dict[str, Backend] = {"eager": EagerBackend()}
 AUTO_ORDER: list[str] = ["eager"]
 _default = "auto"
 _warned: set[tuple[str, str, str]] = set()
-# Under "auto", a step over fewer elements than this (all tensors together) runs on a backend
-# that needs no compilation (the native Adam once built, else eager): compiling costs 1-12 s
-# and would save a few microseconds per step (the seed tutorial's one-parameter networks would
-# wait seconds for nothing). 2**15 float32 = 128 KiB.
+# Under "auto", a step over fewer elements than this (all tensors together) is not compiled per
+# shape: compiling costs 1-12 s and would save a few microseconds per step (the seed
+# tutorial's one-parameter networks would wait seconds for nothing). 2**15 float32 = 128 KiB.
+# Such a step runs on the native Adam (built once per machine, cached on disk) or eagerly.
 _auto_compile_threshold = 2**15
 # Below this many elements (toy problems, tutorials: a step costs microseconds whatever runs
 # it) "auto" runs the eager reference, whose results match TorchOpt's to the last digit; the
@@ -102,21 +102,22 @@ def resolve_backend(
     back like ``auto`` does. Every skip is counted in
     :func:`~optcompile.lowering.stats.stats`; a warning says once per (backend skipped, reason,
     backend used) why, so a user sees each distinct fallback exactly once. Under ``auto``,
-    native skipping a kernel that is not Adam is expected and not warned about, and a step over
-    fewer than the compile threshold's ``elements`` runs on the first backend that is
-    :meth:`~Backend.ready` for it (below 4096 elements on the eager reference). With a named
-    backend only that backend's skip is warned about (the message names the one used).
+    native skipping a kernel that is not Adam is expected and not warned about; a step over
+    fewer than the compile threshold's ``elements`` skips the backends that compile per shape
+    (:attr:`Backend.compiles_per_shape`), and one under 4096 elements runs on the eager
+    reference. With a named backend only that backend's skip is warned about (the message names
+    the one used).
     """
     name = _default if name is None else name
     check_backend_name(name)
-    if name == "auto" and elements is not None and elements < _auto_compile_threshold:
-        if elements < _REFERENCE_BELOW:
-            return BACKENDS["eager"]
-        return next(
-            (BACKENDS[n] for n in AUTO_ORDER if BACKENDS[n].ready(kernel, device)),
-            BACKENDS["eager"],
-        )
-    order = AUTO_ORDER if name == "auto" else [name, *(n for n in AUTO_ORDER if n != name)]
+    if name != "auto":
+        order = [name, *(n for n in AUTO_ORDER if n != name)]
+    elif elements is None or elements >= _auto_compile_threshold:
+        order = AUTO_ORDER
+    elif elements >= _REFERENCE_BELOW:
+        order = [n for n in AUTO_ORDER if not BACKENDS[n].compiles_per_shape]
+    else:
+        return BACKENDS["eager"]
     skipped: list[tuple[str, str]] = []
     for candidate in order:
         backend = BACKENDS[candidate]

@@ -38,21 +38,17 @@ class Backend(ABC):
         batched_scalars: whether its callables accept scalar inputs of shape ``(tasks, 1)``
             next to ``(tasks, n)`` tensors, as ``vmap`` with a per-task hyper-parameter passes
             them. A backend without it runs such a step once per task.
+        compiles_per_shape: whether a new kernel, shape or dtype costs a compilation (seconds);
+            ``auto`` keeps small steps off such a backend.
     """
 
     name: str
     batched_scalars: bool = True
+    compiles_per_shape: bool = False
 
     @abstractmethod
     def supports(self, kernel: Kernel, device: torch.device) -> str | None:
         """None if this backend can run ``kernel`` on ``device``, else the reason it cannot."""
-
-    def ready(self, kernel: Kernel, device: torch.device) -> bool:
-        """Whether it runs ``kernel`` on ``device`` now, without compiling or building anything.
-
-        ``auto`` asks this for steps too small to repay a compilation; the default is False.
-        """
-        return False
 
     @abstractmethod
     def forward(self, kernel: Kernel) -> ForwardFn:

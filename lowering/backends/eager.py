@@ -124,9 +124,6 @@ class EagerBackend(Backend):
     def supports(self, kernel: Kernel, device: torch.device) -> str | None:
         return None
 
-    def ready(self, kernel: Kernel, device: torch.device) -> bool:
-        return True
-
     def forward(self, kernel: Kernel) -> ForwardFn:
         return lambda tensor_lists, scalars: run_forward_flat(kernel, tensor_lists, scalars)
 

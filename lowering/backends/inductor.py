@@ -276,6 +276,7 @@ class InductorBackend(Backend):
     """Runs each kernel as one Inductor-compiled graph per call over all leaves."""
 
     name = "inductor"
+    compiles_per_shape = True
 
     def __init__(self) -> None:
         self._kernels: weakref.WeakKeyDictionary[Kernel, _KernelGraphs] = (

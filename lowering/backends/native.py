@@ -105,10 +105,6 @@ class NativeBackend(Backend):
             return f"the native Adam extension is not available on {device.type}"
         return None
 
-    def ready(self, kernel: Kernel, device: torch.device) -> bool:
-        """Adam, and built already (by this process or on disk): no build to wait for."""
-        return native_ops.is_built() and self.supports(kernel, device) is None
-
     def forward(self, kernel: Kernel) -> ForwardFn:
         def run(
             tensor_lists: TensorLists, scalars: Sequence[torch.Tensor]

@@ -30,10 +30,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build", "build_directory", "is_available", "is_built"]
+__all__ = ["build", "build_directory", "is_available"]
 
 _NAME = "optcompile_native"
-_on_disk: bool | None = None  # see is_built
 
 
 def _sources() -> Path:
@@ -201,29 +200,6 @@ def build() -> Path:
         RuntimeError: The build or the load failed; the message holds the compiler output.
     """
     return _load()
-
-
-def is_built() -> bool:
-    """Whether the kernels are loaded, or built on disk and up to date (loading takes no build).
-
-    Never builds: ``auto`` asks this before choosing the native Adam for a small step. The
-    disk is looked at once per process (until :func:`build` loads the kernels).
-    """
-    global _on_disk
-    if _library is not None:
-        return True
-    if _build_error is not None:
-        return False
-    if _on_disk is None:
-        library = build_directory() / f"{_NAME}.so"
-        sources = [_CSRC / "adam.cpp", _CSRC / "adam.h"]
-        if _with_cuda():
-            sources.append(_CSRC / "adam_cuda.cu")
-        try:
-            _on_disk = library.stat().st_mtime >= max(s.stat().st_mtime for s in sources)
-        except OSError:  # not built, or the sources are missing
-            _on_disk = False
-    return _on_disk
 
 
 def is_available(device: torch.device | str | int = "cpu") -> bool:

@@ -78,8 +78,37 @@ _RELATIONS: dict[type[sympy.Basic], str] = {
 }
 
 
-def print_expr(expr: sympy.Basic, names: Mapping[sympy.Symbol, str]) -> str:
-    """Python source for ``expr``; symbols are printed as ``names[symbol]``."""
+def print_expr(
+    expr: sympy.Basic,
+    names: Mapping[sympy.Symbol, str],
+    tensors: frozenset[sympy.Symbol] = frozenset(),
+) -> str:
+    """Python source for ``expr``; symbols are printed as ``names[symbol]``.
+
+    ``tensors`` are the symbols that stand for per-element tensors: sums and products list
+    their scalar-only terms first, so that Python combines the scalars before touching a
+    tensor (``lr * c * t`` is one pass over ``t``, ``t * lr * c`` two), and a negative term is
+    subtracted rather than negated and added (``p - u``, not ``p + (-u)``).
+    """
+    if tensors:
+        return _Printer(names, tensors).print(expr)
+    return _Printer(names, frozenset()).print(expr)
+
+
+class _Printer:
+    def __init__(self, names: Mapping[sympy.Symbol, str], tensors: frozenset[sympy.Symbol]):
+        self.names = names
+        self.tensors = tensors
+
+    def _is_scalar(self, expr: sympy.Basic) -> bool:
+        return not (expr.free_symbols & self.tensors)
+
+    def print(self, expr: sympy.Basic) -> str:
+        return _print(expr, self)
+
+
+def _print(expr: sympy.Basic, printer: _Printer) -> str:
+    names = printer.names
     if isinstance(expr, sympy.Symbol):
         return names[expr]
     if isinstance(expr, sympy.Integer):
@@ -91,43 +120,61 @@ def print_expr(expr: sympy.Basic, names: Mapping[sympy.Symbol, str]) -> str:
     if isinstance(expr, sympy.logic.boolalg.BooleanFalse):
         return "False"
     if isinstance(expr, sympy.Add):
-        return "(" + " + ".join(print_expr(arg, names) for arg in expr.args) + ")"
+        return _print_add(expr, printer)
     if isinstance(expr, sympy.Mul):
-        return _print_mul(expr, names)
+        return _print_mul(expr, printer)
     if isinstance(expr, sympy.Pow):
-        return _print_pow(expr, names)
+        return _print_pow(expr, printer)
     if isinstance(expr, sympy.Piecewise):
         # sympy types Piecewise.args as tuple[Basic, ...]; they are ExprCondPairs.
-        return _print_piecewise(expr.args, names)  # type: ignore[arg-type]
+        return _print_piecewise(expr.args, printer)  # type: ignore[arg-type]
     if type(expr) in _RELATIONS:
-        lhs, rhs = (print_expr(arg, names) for arg in expr.args)
+        lhs, rhs = (_print(arg, printer) for arg in expr.args)
         return f"({lhs} {_RELATIONS[type(expr)]} {rhs})"
     if isinstance(expr, sympy.And | sympy.Or):
         op = " & " if isinstance(expr, sympy.And) else " | "
-        return "(" + op.join(print_expr(arg, names) for arg in expr.args) + ")"
+        return "(" + op.join(_print(arg, printer) for arg in expr.args) + ")"
     if isinstance(expr, sympy.Not):
-        return f"(~{print_expr(expr.args[0], names)})"
+        return f"(~{_print(expr.args[0], printer)})"
     if isinstance(expr, _Reciprocal):
-        return f"(1.0 / {print_expr(expr.args[0], names)})"
+        return f"(1.0 / {_print(expr.args[0], printer)})"
     if type(expr) in _FUNCTIONS:
-        args = ", ".join(print_expr(arg, names) for arg in expr.args)
+        args = ", ".join(_print(arg, printer) for arg in expr.args)
         return f"{_FUNCTIONS[type(expr)]}({args})"
     raise InternalError(f"the torch emitter cannot print {type(expr).__name__}: {expr}")
 
 
-def _print_mul(expr: sympy.Mul, names: Mapping[sympy.Symbol, str]) -> str:
+def _scalars_first(args: Sequence[sympy.Basic], printer: _Printer) -> list[sympy.Basic]:
+    """``args`` with the scalar-only ones first (a stable reordering)."""
+    return sorted(args, key=lambda a: not printer._is_scalar(a))
+
+
+def _print_add(expr: sympy.Add, printer: _Printer) -> str:
+    """``a + b - c``: negative terms subtracted, scalar-only terms first."""
+    positive, negative = [], []
+    for term in _scalars_first(expr.args, printer):
+        if term.could_extract_minus_sign():
+            negative.append(_print(-term, printer))
+        else:
+            positive.append(_print(term, printer))
+    if not positive:
+        return "(-" + " - ".join(negative) + ")"
+    return "(" + " + ".join(positive) + "".join(f" - {n}" for n in negative) + ")"
+
+
+def _print_mul(expr: sympy.Mul, printer: _Printer) -> str:
     if expr.args[0] == -1:
         rest = expr.args[1:]
         inner = rest[0] if len(rest) == 1 else sympy.Mul(*rest, evaluate=False)
-        return f"(-{print_expr(inner, names)})"
+        return f"(-{_print(inner, printer)})"
     numerator, denominator = [], []
-    for factor in expr.args:
+    for factor in _scalars_first(expr.args, printer):
         if isinstance(factor, sympy.Pow) and factor.exp.is_Integer and factor.exp < 0:
-            denominator.append(print_expr(factor.base ** (-factor.exp), names))
+            denominator.append(_print(factor.base ** (-factor.exp), printer))
         elif isinstance(factor, sympy.Rational) and not factor.is_Integer and factor.p == 1:
             denominator.append(repr(float(factor.q)))
         else:
-            numerator.append(print_expr(factor, names))
+            numerator.append(_print(factor, printer))
     top = " * ".join(numerator) if numerator else "1.0"
     if not denominator:
         return f"({top})"
@@ -135,8 +182,8 @@ def _print_mul(expr: sympy.Mul, names: Mapping[sympy.Symbol, str]) -> str:
     return f"({top} / {bottom})"
 
 
-def _print_pow(expr: sympy.Pow, names: Mapping[sympy.Symbol, str]) -> str:
-    base = print_expr(expr.base, names)
+def _print_pow(expr: sympy.Pow, printer: _Printer) -> str:
+    base = _print(expr.base, printer)
     exponent = expr.exp
     if exponent.is_Integer:
         n = int(exponent)
@@ -147,15 +194,15 @@ def _print_pow(expr: sympy.Pow, names: Mapping[sympy.Symbol, str]) -> str:
         if n < 0:
             return f"(1.0 / {base} ** {-n})"
         return f"({base} ** {n})"
-    return f"({base} ** {print_expr(exponent, names)})"
+    return f"({base} ** {_print(exponent, printer)})"
 
 
-def _print_piecewise(branches: Sequence[ExprCondPair], names: Mapping[sympy.Symbol, str]) -> str:
+def _print_piecewise(branches: Sequence[ExprCondPair], printer: _Printer) -> str:
     (value, condition), rest = branches[0], branches[1:]
     if condition is sympy.true or not rest:
-        return print_expr(value, names)
-    cond = print_expr(condition, names)
-    return f"_rt.where({cond}, {print_expr(value, names)}, {_print_piecewise(rest, names)})"
+        return _print(value, printer)
+    cond = _print(condition, printer)
+    return f"_rt.where({cond}, {_print(value, printer)}, {_print_piecewise(rest, printer)})"
 
 
 @dataclass(frozen=True)
@@ -197,19 +244,19 @@ def emit_function(
     ]
     assignments, reduced = eliminate_common_subexpressions(hoisted)
     lines = [f"def {name}({', '.join(names[s] for s in args)}):"]
+    tensor_like = set(tensor_symbols)
     for temporary, value in assignments:
         names[temporary] = temporary.name
-        lines.append(f"    {temporary.name} = {print_expr(value, names)}")
-    tensor_like = set(tensor_symbols) | {
-        t for t, value in assignments if value.free_symbols & set(tensor_symbols)
-    }
+        lines.append(f"    {temporary.name} = {print_expr(value, names, frozenset(tensor_like))}")
+        if value.free_symbols & tensor_like:
+            tensor_like.add(temporary)
     results, it = [], iter(reduced)
     for output in outputs:
         if output.expr is None:
             results.append("None")
             continue
         expr = next(it)
-        text = print_expr(expr, names)
+        text = print_expr(expr, names, frozenset(tensor_like))
         if output.reduce_to is not None:
             text = f"_rt.sum_to({text}, {names[like]}, {names[output.reduce_to]})"
         elif not expr.free_symbols & tensor_like:
