@@ -119,6 +119,45 @@ def optcompile_whole_loop_iteration(net: nn.Module) -> Callable[[], None]:
     return iteration
 
 
+def optcompile_meta_gradient_iteration(net: nn.Module) -> Callable[[], None]:
+    """The whole meta-gradient in one ``@optcompile`` function: ``torch.func.grad`` of K steps.
+
+    One forward graph computes the meta-gradient (no autograd graph between steps); compiled
+    per K, and its compile time grows with K (the loop is unrolled).
+    """
+    from torch.func import grad
+
+    import optcompile
+
+    x, y, xv, yv = make_data()
+    tx = optcompile.adam(lr=1e-3)
+
+    def loss(params, inputs, targets):
+        return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
+
+    @optcompile.optcompile
+    def meta_gradient(params):
+        def outer(params):
+            fast, state = params, tx.init(params)
+            for _ in range(INNER_STEPS):
+                grads = grad(loss)(fast, x, y)
+                updates, state = tx.update(grads, state, params=fast, inplace=False)
+                fast = optcompile.apply_updates(fast, updates, inplace=False)
+            return loss(fast, xv, yv)
+
+        return grad(outer)(params)
+
+    parameters = dict(net.named_parameters())
+    tx.init(parameters)  # builds the kernels outside the compiled function
+
+    def iteration() -> None:
+        gradients = meta_gradient({k: v.detach() for k, v in parameters.items()})
+        for k, p in parameters.items():
+            p.grad = gradients[k] if p.grad is None else p.grad + gradients[k]
+
+    return iteration
+
+
 def _plain_adam(params, grads, mus, nus, count):
     new_p, new_m, new_v = [], [], []
     for p, g, m, v in zip(params, grads, mus, nus, strict=True):
@@ -207,6 +246,7 @@ def higher_iteration(net: nn.Module) -> Callable[[], None]:
 IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
     "optcompile-whole-step": optcompile_whole_step_iteration,
     "optcompile-whole-loop": optcompile_whole_loop_iteration,
+    "optcompile-meta-gradient": optcompile_meta_gradient_iteration,
     "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),
     "optcompile-eager": lambda net: optcompile_iteration(net, "eager"),
     "optcompile-auto": lambda net: optcompile_iteration(net, "auto"),

@@ -23,6 +23,7 @@ import torch
 
 from optcompile.lowering.backends.base import Backend, TensorLists
 from optcompile.lowering.backends.eager import run_forward, run_vjp
+from optcompile.lowering.errors import LoweringError
 from optcompile.lowering.kernel import Kernel, Variant
 from optcompile.lowering.transforms import apply_without_transforms, is_wrapped, transforms_active
 
@@ -300,6 +301,17 @@ def apply_kernel(
         if differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in flat):
             packed = _TracedStep.apply(  # type: ignore[no-untyped-call]
                 kernel, backend, n_leaves, len(tensor_lists), *flat
+            )
+        elif differentiable and torch.is_grad_enabled() and transforms_active():
+            # Under a torch.func transform traced by Dynamo, wrapped inputs report
+            # requires_grad=False even when the transform differentiates them; the plain ops
+            # would make the step a constant (a silently wrong derivative). Refuse instead.
+            raise LoweringError(
+                f"{kernel.name}: a step whose inputs are all torch.func-wrapped values (no "
+                f"input computed by a differentiable op) cannot be differentiated inside a "
+                f"compiled torch.func transform; run this function eagerly "
+                f"(@optcompile(backend='eager')) or move the transform outside the compiled "
+                f"function"
             )
         else:
             with torch.no_grad():

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import sys
 import time
 import types
@@ -217,6 +218,11 @@ def _first_device(args: tuple, kwargs: dict) -> torch.device:
 def _explain_unsupported(function: Callable[..., Any], err: Exception) -> str:
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     where = next((line.strip() for line in lines if line.strip().startswith("File ")), "")
+    # optcompile's own refusal, raised while Dynamo traced (it reports it as an "observed
+    # exception" and keeps the text only in its debug context): say that, not the generic.
+    raised = re.search(r"raised exception LoweringError\((['\"])(.*)\1\)", str(err))
+    if raised:
+        return f"@optcompile cannot compile {function.__qualname__}: {raised.group(2)}"
     return (
         f"@optcompile cannot compile {function.__qualname__} as one graph: {lines[0]}"
         f"{' (' + where + ')' if where else ''}. A compiled step must be traceable: no Python "

@@ -25,6 +25,7 @@ import torch
 
 from optcompile import fused_step
 from optcompile.base import GradientTransformation
+from optcompile.errors import LoweringError
 from optcompile.lowering.backends import check_backend_name
 from optcompile.lowering.kernel import Kernel
 from optcompile.members import Member, UpdatesStatistic
@@ -83,6 +84,12 @@ class RuleTransformation(GradientTransformation):
         """
         kernel = self.kernels.get(apply)
         if kernel is None:
+            if torch.compiler.is_compiling():
+                raise LoweringError(
+                    f"{self!r} was first used inside a compiled function: its kernels are "
+                    f"built from sympy, which torch.compile cannot trace. Call init() once "
+                    f"outside the compiled function first (e.g. state = tx.init(params))"
+                )
             kernel = self.kernels[apply] = fused_step.unit_kernel(self.members, apply)
         return kernel
 

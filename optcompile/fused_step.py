@@ -99,6 +99,10 @@ def _filled_like(p: torch.Tensor, value: float, requires_grad: bool) -> torch.Te
     ``moment_requires_grad`` it is a leaf of the outer autograd graph (``requires_grad_`` is
     refused inside transforms, so it is made with the transforms set aside).
     """
+    if torch.compiler.is_compiling():
+        # Traced (inside @optcompile, maybe under torch.func.grad of a whole inner loop):
+        # Dynamo handles the transforms itself; a buffer is a constant of the graph.
+        return torch.full(p.shape, value, dtype=p.dtype, device=p.device)
     if not transforms_active():
         buffer = torch.full_like(p, value, memory_format=torch.preserve_format).detach()
         return buffer.requires_grad_() if requires_grad else buffer

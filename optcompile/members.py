@@ -9,9 +9,8 @@ coefficient). Shared by the user-facing :mod:`optcompile.fused` and the per-step
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,13 +47,15 @@ class Member:
     rule: Rule
     hypers: tuple[tuple[str, Any], ...]
     moment_requires_grad: bool = False
+    # The rule's state type, with a step ``count`` when the rule or a schedule needs one.
+    state_type: type = field(init=False, compare=False, repr=False)
 
     def uses_statistic(self) -> bool:
         """Whether a hyper-parameter is computed from the incoming updates."""
         return any(isinstance(v, UpdatesStatistic) for _, v in self.hypers)
 
-    @functools.cached_property
-    def state_type(self) -> type:
-        """The rule's state type, with a step ``count`` when the rule or a schedule needs one."""
+    def __post_init__(self) -> None:
+        # Computed here, not lazily: a lazy attribute (functools.cached_property takes a lock)
+        # cannot be first read inside a traced step, e.g. init() under torch.compile.
         needs_count = bool(self.rule.ir.counts) or any(is_schedule(v) for _, v in self.hypers)
-        return self.rule.state_type_for(needs_count)
+        object.__setattr__(self, "state_type", self.rule.state_type_for(needs_count))

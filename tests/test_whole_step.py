@@ -142,6 +142,66 @@ def test_without_inductor_the_same_results_eagerly_with_one_warning():
         torch.testing.assert_close(g, w, **TOL)
 
 
+def _meta_gradient_function(net, tx, data, steps):
+    """The whole meta-gradient as one function: torch.func.grad of K steps and the query loss."""
+    x, y, xq, yq = data
+
+    def meta_gradient(params):
+        def outer(params):
+            fast, state = params, tx.init(params)  # initialised inside, as a constant
+            for _ in range(steps):
+                grads = grad(lambda p: _loss(net, p, x, y))(fast)
+                updates, state = tx.update(grads, state, params=fast, inplace=False)
+                fast = optcompile.apply_updates(fast, updates, inplace=False)
+            return _loss(net, fast, xq, yq)
+
+        return grad(outer)(params)
+
+    return meta_gradient
+
+
+def test_meta_gradient_form_equals_the_outer_backward():
+    net, params, data = _problem()
+    tx = optcompile.adam(0.1)
+    detached = {k: v.detach() for k, v in params.items()}
+    tx.init(detached)  # builds the kernels: sympy cannot be traced
+    compiled = optcompile.optcompile(_meta_gradient_function(net, tx, data, steps=2))
+    got = compiled(detached)
+    fast, state = params, tx.init(params)
+    for _ in range(2):
+        fast, state = _make_step(net, tx)(fast, state, *data[:2])
+    want = torch.autograd.grad(_loss(net, fast, *data[2:]), list(params.values()))
+    for g, w in zip(got.values(), want, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, **TOL)
+    assert got["dead"].abs().sum() == 0
+
+
+def test_transformation_first_used_inside_a_compiled_function_is_a_clear_error():
+    net, params, data = _problem()
+    tx = optcompile.rmsprop(0.1, momentum=0.3)  # never initialised outside
+    compiled = optcompile.optcompile(_meta_gradient_function(net, tx, data, steps=1))
+    with pytest.raises(optcompile.LoweringError, match=r"first used inside a compiled .*init\(\)"):
+        compiled({k: v.detach() for k, v in params.items()})
+
+
+def test_step_of_only_wrapped_values_inside_compiled_grad_is_refused_not_wrong():
+    tx = optcompile.adam(0.1)
+    params = {"w": torch.randn(3, dtype=torch.float64)}
+    tx.init(params)
+
+    @optcompile.optcompile
+    def hypergradient(params):
+        def outer(params):  # the update reads params only: every input is a wrapped value
+            updates, _ = tx.update(params, tx.init(params), params=params, inplace=False)
+            return sum((u**2).sum() for u in updates.values())
+
+        return grad(outer)(params)
+
+    with pytest.raises(optcompile.LoweringError, match=r"wrapped values .*backend='eager'"):
+        hypergradient(params)
+
+
 def test_python_branch_on_a_tensor_value_is_a_clear_error():
     net, params, (x, y, _, _) = _problem()
     tx = optcompile.sgd(0.1)
