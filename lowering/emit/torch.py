@@ -90,21 +90,18 @@ def print_expr(
     tensor (``lr * c * t`` is one pass over ``t``, ``t * lr * c`` two), and a negative term is
     subtracted rather than negated and added (``p - u``, not ``p + (-u)``).
     """
-    if tensors:
-        return _Printer(names, tensors).print(expr)
-    return _Printer(names, frozenset()).print(expr)
+    return _print(expr, _Printer(names, tensors))
 
 
 class _Printer:
+    """What printing needs throughout an expression: the names and which symbols are tensors."""
+
     def __init__(self, names: Mapping[sympy.Symbol, str], tensors: frozenset[sympy.Symbol]):
         self.names = names
         self.tensors = tensors
 
-    def _is_scalar(self, expr: sympy.Basic) -> bool:
+    def is_scalar(self, expr: sympy.Basic) -> bool:
         return not (expr.free_symbols & self.tensors)
-
-    def print(self, expr: sympy.Basic) -> str:
-        return _print(expr, self)
 
 
 def _print(expr: sympy.Basic, printer: _Printer) -> str:
@@ -146,7 +143,7 @@ def _print(expr: sympy.Basic, printer: _Printer) -> str:
 
 def _scalars_first(args: Sequence[sympy.Basic], printer: _Printer) -> list[sympy.Basic]:
     """``args`` with the scalar-only ones first (a stable reordering)."""
-    return sorted(args, key=lambda a: not printer._is_scalar(a))
+    return sorted(args, key=lambda a: not printer.is_scalar(a))
 
 
 def _print_add(expr: sympy.Add, printer: _Printer) -> str:
@@ -154,7 +151,7 @@ def _print_add(expr: sympy.Add, printer: _Printer) -> str:
     positive, negative = [], []
     for term in _scalars_first(expr.args, printer):
         if term.could_extract_minus_sign():
-            negative.append(_print(-term, printer))
+            negative.append(_print(-cast(sympy.Expr, term), printer))
         else:
             positive.append(_print(term, printer))
     if not positive:
