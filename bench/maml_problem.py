@@ -62,7 +62,7 @@ def optcompile_iteration(net: nn.Module, backend: str) -> Callable[[], None]:
     return iteration
 
 
-def optcompile_whole_step_iteration(net: nn.Module) -> Callable[[], None]:
+def optcompile_whole_step_iteration(net: nn.Module, steps: int = INNER_STEPS) -> Callable[[], None]:
     """The inner step (model, loss, inner gradient, Adam) compiled whole by ``@optcompile``."""
     from torch.func import grad
 
@@ -84,14 +84,14 @@ def optcompile_whole_step_iteration(net: nn.Module) -> Callable[[], None]:
 
     def iteration() -> None:
         fast, state = params, tx.init(params)
-        for _ in range(INNER_STEPS):
+        for _ in range(steps):
             fast, state = inner_step(fast, state)
         loss(fast, xv, yv).backward()
 
     return iteration
 
 
-def optcompile_whole_loop_iteration(net: nn.Module) -> Callable[[], None]:
+def optcompile_whole_loop_iteration(net: nn.Module, steps: int = INNER_STEPS) -> Callable[[], None]:
     """All K inner steps in one ``@optcompile`` function: one graph, compiled per K."""
     from torch.func import grad
 
@@ -105,7 +105,7 @@ def optcompile_whole_loop_iteration(net: nn.Module) -> Callable[[], None]:
 
     @optcompile.optcompile
     def adapt(params, state):
-        for _ in range(INNER_STEPS):
+        for _ in range(steps):
             grads = grad(loss)(params, x, y)
             updates, state = tx.update(grads, state, params=params, inplace=False)
             params = optcompile.apply_updates(params, updates, inplace=False)

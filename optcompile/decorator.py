@@ -13,12 +13,13 @@ arguments; TorchOpt's FuncTorch style)::
 
 The whole function — model forward, loss, inner gradient, the fused update and, through
 AOTAutograd, their backward — is compiled by ``torch.compile`` into one Inductor graph per
-distinct input layout. ``torch.func.grad`` traces the inner gradient as forward ops, so the
-outer ``torch.autograd.grad`` through K calls is exact second-order MAML with no double backward;
-the optimizer's backward inside the graph is optcompile's derived VJP (the safe conventions
-hold). A step count, new data of the same shapes or a new value of a 0-d tensor
-hyper-parameter never recompile; the first step (moments that do not require grad yet) and
-later ones are two graphs. A number as hyper-parameter is a constant of the graph: build the
+distinct input layout (shapes, dtypes, tree structure). ``torch.func.grad`` traces the inner
+gradient as forward ops, so the outer ``torch.autograd.grad`` through K calls is exact
+second-order MAML with no double backward; the optimizer's backward inside the graph is
+optcompile's derived VJP (the safe conventions hold). A step count, new data of the same
+shapes or a new value of a 0-d tensor hyper-parameter never recompile, and the first step of
+an unroll (``nn.Parameter`` leaves, moments that do not require grad yet) runs the graph of
+the later ones. A number as hyper-parameter is a constant of the graph: build the
 transformation with a 0-d tensor to change it without recompiling. Call ``tx.init`` outside
 the decorated function (it prepares the kernels that the traced step reads).
 
@@ -183,6 +184,7 @@ class _WholeStep:
 
     def _run_compiled(self, args: tuple, kwargs: dict) -> Any:
         assert self._compiled is not None
+        args, kwargs = _uniform_state(args, kwargs)
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -203,6 +205,53 @@ class _WholeStep:
                 file=sys.stderr,
             )
         return result
+
+
+def _uniform_state(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The arguments as every step of an unroll sees them, so that all its steps are one graph.
+
+    Dynamo guards on each tensor's type and ``requires_grad``. The first step of an unroll
+    gets ``nn.Parameter`` leaves and moments from ``tx.init`` that do not require grad; later
+    steps get plain tensors and (in a differentiable unroll) moments that do. Left alone, the
+    first step is a graph of its own, compiled, and loaded in every new process, twice over.
+    So every ``nn.Parameter`` is passed as a plain-tensor alias (``as_subclass``: the same
+    storage, gradients flow back to it), and in a differentiable call (grad mode on, some
+    argument requires grad) each float buffer of an optcompile rule state that does not
+    require grad is passed as a new leaf that does (a detached alias, no copy). Results are
+    unchanged; the outer gradient reaches nothing through those leaves, and their cotangents,
+    computed and dropped, cost one step's elementwise work in the first step's backward.
+    """
+    import optree
+
+    leaves = optree.tree_leaves((args, kwargs))
+    differentiable = torch.is_grad_enabled() and any(
+        isinstance(leaf, torch.Tensor) and leaf.requires_grad for leaf in leaves
+    )
+
+    def uniform(node: Any) -> Any:
+        if type(node) is torch.nn.Parameter:
+            return node.as_subclass(torch.Tensor)
+        if differentiable and _is_rule_state(node):
+            return optree.tree_map(_requiring_grad, node)
+        return node
+
+    return optree.tree_map(uniform, (args, kwargs), is_leaf=_is_rule_state)
+
+
+def _is_rule_state(node: Any) -> bool:
+    """Whether ``node`` is the state NamedTuple of an optcompile rule (``ScaleByAdamState``)."""
+    # optcompile.rule._state_type makes these classes and sets their module to its own.
+    return isinstance(node, tuple) and type(node).__module__ == "optcompile.rule"
+
+
+def _requiring_grad(leaf: Any) -> Any:
+    if (
+        isinstance(leaf, torch.Tensor)
+        and not leaf.requires_grad
+        and (leaf.is_floating_point() or leaf.is_complex())
+    ):
+        return leaf.detach().requires_grad_()
+    return leaf
 
 
 def _first_device(args: tuple, kwargs: dict) -> torch.device:
