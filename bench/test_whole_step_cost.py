@@ -31,6 +31,7 @@ from maml_problem import HIDDEN_FOR_SIZE, available, parameter_count
 HERE = Path(__file__).parent
 MEMORY_CONTENDERS = [
     "optcompile-whole-step",
+    "optcompile-whole-step-budget-0.5",
     "optcompile-whole-loop",
     "optcompile-inductor",
     "optcompile-eager",

@@ -1,10 +1,11 @@
 """``@optcompile`` on a functional inner step: the whole step compiled by torch.compile.
 
 Model forward, loss, ``torch.func.grad``, the fused update and their backward run as one
-Inductor graph, the same for the first step of an unroll and the later ones. The reference is the same function run
-eagerly (optcompile's eager backend): float64 meta-gradients through K compiled steps must
-equal it to 1e-10, with no NaN for a parameter whose gradient is exactly zero. Every test
-compiles (marker ``compile``): about 5-15 s per optimizer in an empty cache on this host.
+Inductor graph, the same for the first step of an unroll and the later ones. The reference is
+the same function run eagerly (optcompile's eager backend): float64 meta-gradients through K
+compiled steps must equal it to 1e-10, with no NaN for a parameter whose gradient is exactly
+zero. Every test compiles (marker ``compile``): about 5-15 s per optimizer in an empty cache
+on this host.
 """
 
 from __future__ import annotations
@@ -149,6 +150,32 @@ def test_one_graph_over_1000_outer_iterations_of_maml():
             assert _graphs() == before + 1  # one graph for every step, the first included
     assert _graphs() == before + 1
     assert all(torch.isfinite(p).all() for p in params.values())
+
+
+def test_memory_budget_keeps_the_meta_gradients():
+    """Recomputing in the backward what the budget does not let the forward save: same maths."""
+    net, params, data = _problem()
+    tx = optcompile.adam(0.1)
+    plain = _make_step(net, tx)
+    compiled = optcompile.optcompile(plain, memory_budget=0.3)
+    got = _meta_gradient(compiled, tx, net, params, data)
+    want = _meta_gradient(plain, tx, net, params, data)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0.0, ValueError, r"memory_budget=0.0 must be in \(0, 1\]"),
+        (1.5, ValueError, r"memory_budget=1.5 must be in \(0, 1\]"),
+        ("half", TypeError, r"memory_budget='half' must be a number"),
+        (True, TypeError, r"memory_budget=True must be a number"),
+    ],
+)
+def test_bad_memory_budget_is_a_clear_error(value, error, match):
+    with pytest.raises(error, match=match):
+        optcompile.optcompile(memory_budget=value)
 
 
 def test_first_order_equals_first_order_maml():
