@@ -91,8 +91,8 @@ def optcompile(
             fraction (in ``(0, 1]``) of the bytes it would save by default, and recomputes the
             rest in the backward (AOTAutograd's activation memory budget). ``None``: save
             everything the backward reads (fastest). MAML at ~1M parameters, K=5: 0.5 lowers
-            the peak of an outer iteration from about 0.8x to about 0.7x TorchOpt's for about
-            8% more time (``docs/benchmarks.md``).
+            the peak of an outer iteration from 0.79x to 0.67-0.68x TorchOpt's for 3-7% more
+            CPU time (``docs/benchmarks.md``, section 5).
 
     Raises:
         ValueError: an unknown backend name, or ``memory_budget`` outside ``(0, 1]``.
