@@ -62,7 +62,9 @@ def optcompile_iteration(net: nn.Module, backend: str) -> Callable[[], None]:
     return iteration
 
 
-def optcompile_whole_step_iteration(net: nn.Module) -> Callable[[], None]:
+def optcompile_whole_step_iteration(
+    net: nn.Module, steps: int = INNER_STEPS, memory_budget: float | None = None
+) -> Callable[[], None]:
     """The inner step (model, loss, inner gradient, Adam) compiled whole by ``@optcompile``."""
     from torch.func import grad
 
@@ -74,7 +76,7 @@ def optcompile_whole_step_iteration(net: nn.Module) -> Callable[[], None]:
     def loss(params, inputs, targets):
         return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
 
-    @optcompile.optcompile
+    @optcompile.optcompile(memory_budget=memory_budget)
     def inner_step(params, state):
         grads = grad(loss)(params, x, y)
         updates, state = tx.update(grads, state, params=params, inplace=False)
@@ -84,14 +86,14 @@ def optcompile_whole_step_iteration(net: nn.Module) -> Callable[[], None]:
 
     def iteration() -> None:
         fast, state = params, tx.init(params)
-        for _ in range(INNER_STEPS):
+        for _ in range(steps):
             fast, state = inner_step(fast, state)
         loss(fast, xv, yv).backward()
 
     return iteration
 
 
-def optcompile_whole_loop_iteration(net: nn.Module) -> Callable[[], None]:
+def optcompile_whole_loop_iteration(net: nn.Module, steps: int = INNER_STEPS) -> Callable[[], None]:
     """All K inner steps in one ``@optcompile`` function: one graph, compiled per K."""
     from torch.func import grad
 
@@ -105,7 +107,7 @@ def optcompile_whole_loop_iteration(net: nn.Module) -> Callable[[], None]:
 
     @optcompile.optcompile
     def adapt(params, state):
-        for _ in range(INNER_STEPS):
+        for _ in range(steps):
             grads = grad(loss)(params, x, y)
             updates, state = tx.update(grads, state, params=params, inplace=False)
             params = optcompile.apply_updates(params, updates, inplace=False)
@@ -245,6 +247,9 @@ def higher_iteration(net: nn.Module) -> Callable[[], None]:
 
 IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
     "optcompile-whole-step": optcompile_whole_step_iteration,
+    "optcompile-whole-step-budget-0.5": lambda net: optcompile_whole_step_iteration(
+        net, memory_budget=0.5
+    ),
     "optcompile-whole-loop": optcompile_whole_loop_iteration,
     "optcompile-meta-gradient": optcompile_meta_gradient_iteration,
     "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),

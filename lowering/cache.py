@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,17 @@ def inductor_options() -> dict[str, Any]:
     return {"fx_graph_cache": True}
 
 
+# A cache file younger than this may still be being written by another process.
+IN_PROGRESS_S = 120.0
+
+
+def _recently_written(path: Path, now: float) -> bool:
+    try:
+        return now - path.stat().st_mtime < IN_PROGRESS_S
+    except OSError:  # gone meanwhile: another process repaired or replaced it
+        return True
+
+
 def _library_problem(path: Path) -> str | None:
     """Why the shared library at ``path`` cannot load (empty, not ELF, truncated), or None.
 
@@ -138,7 +150,9 @@ def discard_corrupt(root: Path | None = None) -> list[tuple[Path, str]]:
 
     A corrupt entry (a write cut short, a full disk, a stray file) makes every later load of
     that kernel fail, in this process and in every later one; deleting it makes Inductor
-    rebuild it on the next compile.
+    rebuild it on the next compile. A file written in the last :data:`IN_PROGRESS_S` seconds is
+    left alone: it may be another process's kernel still being written (two ranks of a
+    distributed run compiling into one cache), which deleting would break.
 
     Args:
         root: the cache directory; default the one :func:`configure` chose.
@@ -148,9 +162,10 @@ def discard_corrupt(root: Path | None = None) -> list[tuple[Path, str]]:
     """
     root = cache_dir() if root is None else root
     removed = []
+    now = time.time()
     for path in sorted(Path(root).rglob("*.so")):
         problem = _library_problem(path)
-        if problem is None:
+        if problem is None or _recently_written(path, now):
             continue
         try:
             path.unlink()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "activation_memory_budget",
     "apply_without_transforms",
     "is_wrapped",
     "outside_transforms",
@@ -64,3 +65,19 @@ def outside_transforms() -> Iterator[None]:
 
     with temporarily_clear_interpreter_stack():
         yield
+
+
+def activation_memory_budget(fraction: float) -> contextlib.AbstractContextManager[None]:
+    """Compile the block's graphs keeping at most ``fraction`` of the activations they would save.
+
+    AOTAutograd splits a compiled function's joint graph into forward and backward; with a
+    budget below 1 its partitioner saves only that fraction of the bytes it would otherwise keep
+    for the backward (by its own estimate) and recomputes the cheapest of the rest there. Read
+    when a graph is compiled, and part of the compile cache's key.
+    """
+    import torch._functorch.config as functorch_config
+
+    patch: contextlib.AbstractContextManager[None] = functorch_config.patch(
+        activation_memory_budget=fraction
+    )
+    return patch

@@ -13,12 +13,13 @@ arguments; TorchOpt's FuncTorch style)::
 
 The whole function — model forward, loss, inner gradient, the fused update and, through
 AOTAutograd, their backward — is compiled by ``torch.compile`` into one Inductor graph per
-distinct input layout. ``torch.func.grad`` traces the inner gradient as forward ops, so the
-outer ``torch.autograd.grad`` through K calls is exact second-order MAML with no double backward;
-the optimizer's backward inside the graph is optcompile's derived VJP (the safe conventions
-hold). A step count, new data of the same shapes or a new value of a 0-d tensor
-hyper-parameter never recompile; the first step (moments that do not require grad yet) and
-later ones are two graphs. A number as hyper-parameter is a constant of the graph: build the
+distinct input layout (shapes, dtypes, tree structure). ``torch.func.grad`` traces the inner
+gradient as forward ops, so the outer ``torch.autograd.grad`` through K calls is exact
+second-order MAML with no double backward; the optimizer's backward inside the graph is
+optcompile's derived VJP (the safe conventions hold). A step count, new data of the same
+shapes or a new value of a 0-d tensor hyper-parameter never recompile, and the first step of
+an unroll (``nn.Parameter`` leaves, moments that do not require grad yet) runs the graph of
+the later ones. A number as hyper-parameter is a constant of the graph: build the
 transformation with a 0-d tensor to change it without recompiling. Call ``tx.init`` outside
 the decorated function (it prepares the kernels that the traced step reads).
 
@@ -56,6 +57,7 @@ import torch
 from optcompile.errors import LoweringError
 from optcompile.lowering.backends import check_backend_name
 from optcompile.lowering.backends.inductor import availability
+from optcompile.lowering.transforms import activation_memory_budget
 from optcompile.settings import Settings, activated, current_backend, first_order_active
 from optcompile.unrolling import check_options, unroll_options
 
@@ -71,6 +73,7 @@ def optcompile(
     first_order: bool = False,
     checkpoint_every: int | str | None = None,
     truncate: int | None = None,
+    memory_budget: float | None = None,
 ) -> Any:
     """Compile a functional inner step whole, or run an inner loop's steps fused.
 
@@ -85,10 +88,17 @@ def optcompile(
             segments in the outer backward (an int >= 1, or ``"sqrt"``). The function then
             runs its loop eagerly, its steps on ``backend`` (not compiled whole).
         truncate: likewise, differentiate only the last ``truncate`` inner steps.
+        memory_budget: a compiled functional step keeps for the outer backward at most this
+            fraction (in ``(0, 1]``) of the bytes it would save by default, and recomputes the
+            rest in the backward (AOTAutograd's activation memory budget). ``None``: save
+            everything the backward reads (fastest). MAML at ~1M parameters, K=5: 0.5 lowers
+            the peak of an outer iteration from 0.79x to 0.67-0.68x TorchOpt's for 3-7% more
+            CPU time (``docs/benchmarks.md``, section 5).
 
     Raises:
-        ValueError: an unknown backend name.
-        TypeError: ``first_order`` is not a bool, or ``fn`` is a generator or coroutine function.
+        ValueError: an unknown backend name, or ``memory_budget`` outside ``(0, 1]``.
+        TypeError: ``first_order`` is not a bool, ``memory_budget`` is not a number, or ``fn``
+            is a generator or coroutine function.
         LoweringError: (at the call) the functional step cannot be traced as one graph; the
             message says why and what to change.
     """
@@ -96,6 +106,7 @@ def optcompile(
     if not isinstance(first_order, bool):
         raise TypeError(f"first_order={first_order!r} must be True or False")
     check_options(checkpoint_every, truncate)
+    _check_budget(memory_budget)
     bounded = checkpoint_every is not None or truncate is not None
 
     def decorate(function: F) -> F:
@@ -107,7 +118,7 @@ def optcompile(
                 f"decorator's settings; decorate a plain function that runs the inner loop"
             )
         settings = Settings(backend, first_order)
-        whole = _WholeStep(function, backend)
+        whole = _WholeStep(function, backend, memory_budget)
         first_call = [True]
 
         @functools.wraps(function)
@@ -125,6 +136,15 @@ def optcompile(
     return decorate if fn is None else decorate(fn)
 
 
+def _check_budget(memory_budget: Any) -> None:
+    if memory_budget is None:
+        return
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | float):
+        raise TypeError(f"memory_budget={memory_budget!r} must be a number in (0, 1] or None")
+    if not 0 < memory_budget <= 1:
+        raise ValueError(f"memory_budget={memory_budget!r} must be in (0, 1]")
+
+
 def _object_oriented(args: tuple, kwargs: dict) -> bool:
     """Whether the call passes a module or a meta-optimizer (then steps use autograd.grad)."""
     from optcompile.optim.meta import MetaOptimizer
@@ -136,9 +156,12 @@ def _object_oriented(args: tuple, kwargs: dict) -> bool:
 class _WholeStep:
     """A functional step compiled by ``torch.compile`` (Inductor, one graph, no graph breaks)."""
 
-    def __init__(self, function: Callable[..., Any], backend: str) -> None:
+    def __init__(
+        self, function: Callable[..., Any], backend: str, memory_budget: float | None = None
+    ) -> None:
         self.function = function
         self.backend = backend
+        self.memory_budget = memory_budget
         self._compiled: Callable[..., Any] | None = None
         self.calls = 0
 
@@ -184,6 +207,7 @@ class _WholeStep:
 
     def _run_compiled(self, args: tuple, kwargs: dict) -> Any:
         assert self._compiled is not None
+        args, kwargs = _uniform_state(args, kwargs)
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -193,7 +217,11 @@ class _WholeStep:
                 warnings.filterwarnings(
                     "ignore", message=".*should not be instantiated", category=DeprecationWarning
                 )
-                result = self._compiled(*args, **kwargs)
+                if self.memory_budget is None:
+                    result = self._compiled(*args, **kwargs)
+                else:  # read when a graph compiles: on the first call, or a new layout
+                    with activation_memory_budget(self.memory_budget):
+                        result = self._compiled(*args, **kwargs)
         except torch._dynamo.exc.Unsupported as err:
             raise LoweringError(_explain_unsupported(self.function, err)) from None
         seconds = time.perf_counter() - start
@@ -204,6 +232,53 @@ class _WholeStep:
                 file=sys.stderr,
             )
         return result
+
+
+def _uniform_state(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The arguments as every step of an unroll sees them, so that all its steps are one graph.
+
+    Dynamo guards on each tensor's type and ``requires_grad``. The first step of an unroll
+    gets ``nn.Parameter`` leaves and moments from ``tx.init`` that do not require grad; later
+    steps get plain tensors and (in a differentiable unroll) moments that do. Left alone, the
+    first step is a graph of its own, compiled, and loaded in every new process, twice over.
+    So every ``nn.Parameter`` is passed as a plain-tensor alias (``as_subclass``: the same
+    storage, gradients flow back to it), and in a differentiable call (grad mode on, some
+    argument requires grad) each float buffer of an optcompile rule state that does not
+    require grad is passed as a new leaf that does (a detached alias, no copy). Results are
+    unchanged; the outer gradient reaches nothing through those leaves, and their cotangents,
+    computed and dropped, cost one step's elementwise work in the first step's backward.
+    """
+    import optree
+
+    leaves = optree.tree_leaves((args, kwargs))
+    differentiable = torch.is_grad_enabled() and any(
+        isinstance(leaf, torch.Tensor) and leaf.requires_grad for leaf in leaves
+    )
+
+    def uniform(node: Any) -> Any:
+        if type(node) is torch.nn.Parameter:
+            return node.as_subclass(torch.Tensor)
+        if differentiable and _is_rule_state(node):
+            return optree.tree_map(_requiring_grad, node)
+        return node
+
+    return optree.tree_map(uniform, (args, kwargs), is_leaf=_is_rule_state)
+
+
+def _is_rule_state(node: Any) -> bool:
+    """Whether ``node`` is the state NamedTuple of an optcompile rule (``ScaleByAdamState``)."""
+    # optcompile.rule._state_type makes these classes and sets their module to its own.
+    return isinstance(node, tuple) and type(node).__module__ == "optcompile.rule"
+
+
+def _requiring_grad(leaf: Any) -> Any:
+    if (
+        isinstance(leaf, torch.Tensor)
+        and not leaf.requires_grad
+        and (leaf.is_floating_point() or leaf.is_complex())
+    ):
+        return leaf.detach().requires_grad_()
+    return leaf
 
 
 def _first_device(args: tuple, kwargs: dict) -> torch.device:

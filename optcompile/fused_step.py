@@ -500,8 +500,12 @@ def _next_states(
 
 def _advanced_counts(counts: Sequence[torch.Tensor], leaves: list) -> list[torch.Tensor]:
     """Each count plus one where its leaf had an update; a shared count is advanced once."""
-    if torch.compiler.is_compiling():  # identities are not traced: one addition per leaf
-        return [c if u is None else c + 1 for c, u in zip(counts, leaves, strict=True)]
+    if torch.compiler.is_compiling():
+        # The updated leaves share one count (_traced_counts asserts it): one addition, shared
+        # like init's zeros, so the next call's inputs alias alike and Dynamo keeps one graph.
+        first = next((c for c, u in zip(counts, leaves, strict=True) if u is not None), None)
+        shared = None if first is None else first + 1
+        return [c if u is None else shared for c, u in zip(counts, leaves, strict=True)]
     advanced: dict[int, torch.Tensor] = {}
     result = []
     for c, u in zip(counts, leaves, strict=True):

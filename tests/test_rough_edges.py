@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -35,13 +36,23 @@ def test_corrupt_kernels_are_found_and_deleted_good_ones_kept(tmp_path):
     (tmp_path / "ab" / "truncated.so").write_bytes(data[: len(data) // 2])
     (tmp_path / "ab" / "empty.so").write_bytes(b"")
     (tmp_path / "ab" / "random.so").write_bytes(os.urandom(4096))
+    (tmp_path / "ab" / "being_written.so").write_bytes(b"")  # another process, right now
+    _age(tmp_path / "ab", keep="being_written.so")
     removed = dict((p.name, why) for p, why in cache.discard_corrupt(tmp_path))
     assert removed.keys() == {"truncated.so", "empty.so", "random.so"}
     assert removed["empty.so"] == "empty"
     assert removed["random.so"] == "not a shared library"
     assert removed["truncated.so"].startswith(f"truncated ({len(data) // 2} of ")
-    assert sorted(p.name for p in tmp_path.rglob("*.so")) == ["good.so"]
+    assert sorted(p.name for p in tmp_path.rglob("*.so")) == ["being_written.so", "good.so"]
     assert cache.discard_corrupt(tmp_path) == []
+
+
+def _age(folder: Path, keep: str = "") -> None:
+    """Date the files in ``folder`` (but ``keep``) an hour back: leftovers of an earlier run."""
+    past = time.time() - 3600
+    for path in folder.rglob("*.so"):
+        if path.name != keep:
+            os.utime(path, (past, past))
 
 
 _PROBE = textwrap.dedent(
@@ -78,6 +89,8 @@ def test_corrupt_cache_is_rebuilt_once_and_never_disables_inductor(tmp_path):
     libraries[0].write_bytes(libraries[0].read_bytes()[:1000])  # truncated
     libraries[1].write_bytes(b"")  # zero-length
     libraries[2].write_bytes(os.urandom(2048))  # random bytes
+    for library in libraries[:3]:  # leftovers of an earlier run, not a compile in progress
+        os.utime(library, (time.time() - 3600,) * 2)
     repaired = _probe(tmp_path)
     assert "REASON None" in repaired, repaired
     notices = [line for line in repaired.splitlines() if line.startswith("WARNING")]

@@ -1,10 +1,11 @@
 """``@optcompile`` on a functional inner step: the whole step compiled by torch.compile.
 
 Model forward, loss, ``torch.func.grad``, the fused update and their backward run as one
-Inductor graph per layout (first step, later steps). The reference is the same function run
-eagerly (optcompile's eager backend): float64 meta-gradients through K compiled steps must
-equal it to 1e-10, with no NaN for a parameter whose gradient is exactly zero. Every test
-compiles (marker ``compile``): about 5-15 s per optimizer in an empty cache on this host.
+Inductor graph, the same for the first step of an unroll and the later ones. The reference is
+the same function run eagerly (optcompile's eager backend): float64 meta-gradients through K
+compiled steps must equal it to 1e-10, with no NaN for a parameter whose gradient is exactly
+zero. Every test compiles (marker ``compile``): about 5-15 s per optimizer in an empty cache
+on this host.
 """
 
 from __future__ import annotations
@@ -97,17 +98,84 @@ def test_no_recompile_for_new_steps_data_or_learning_rate_values():
     lr = torch.tensor(0.1, dtype=torch.float64)
     tx = optcompile.adam(lr)
     step = optcompile.optcompile(_make_step(net, tx))
-    fast, state = params, tx.init(params)
-    for _ in range(2):  # the first step and a later one: the two layouts
-        fast, state = step(fast, state, x, y)
     before = _graphs()
+    fast, state = step(params, tx.init(params), x, y)
+    assert _graphs() == before + 1
     generator = torch.Generator().manual_seed(5)
     for k in range(6):
         lr.fill_(0.05 * (k + 1))  # a new value of a tensor hyper-parameter
         batch = [torch.randn_like(t, generator=generator) for t in (x, y)]  # new data
         fast, state = step(fast, state, *batch)  # and new step counts
-    assert _graphs() == before
-    assert int(state[0].count[0]) == 8
+    assert _graphs() == before + 1
+    assert int(state[0].count[0]) == 7
+
+
+def test_one_graph_over_1000_outer_iterations_of_maml():
+    """Issue 10's target: 0 recompiles over 1000 outer iterations (K=5) of a MAML loop.
+
+    Every outer iteration starts from ``nn.Parameter`` leaves and moments fresh from
+    ``tx.init`` (which do not require grad, unlike the moments of later steps): the first
+    step shares the graph of the others. The step count runs 0..4 in every unroll, the 0-d
+    learning rate and the data change every outer iteration, and the outer Adam step moves
+    the initial parameters in place between iterations.
+    """
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    params = dict(net.named_parameters())
+    lr = torch.tensor(0.1)
+    tx = optcompile.adam(lr)
+    outer = torch.optim.SGD(net.parameters(), lr=1e-3)
+
+    def loss(p, x, y):
+        return ((functional_call(net, p, (x,)) - y) ** 2).mean()
+
+    @optcompile.optcompile
+    def inner_step(params, state, x, y):
+        grads = grad(loss)(params, x, y)
+        updates, state = tx.update(grads, state, params=params, inplace=False)
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+    generator = torch.Generator().manual_seed(1)
+    before = _graphs()
+    for it in range(1000):
+        lr.fill_(0.05 + 1e-4 * it)
+        x, y, xq, yq = (torch.randn(4, d, generator=generator) for d in (3, 1, 3, 1))
+        fast, state = params, tx.init(params)
+        for _ in range(5):
+            fast, state = inner_step(fast, state, x, y)
+        outer.zero_grad()
+        loss(fast, xq, yq).backward()
+        outer.step()
+        if it == 0:
+            assert _graphs() == before + 1  # one graph for every step, the first included
+    assert _graphs() == before + 1
+    assert all(torch.isfinite(p).all() for p in params.values())
+
+
+def test_memory_budget_keeps_the_meta_gradients():
+    """Recomputing in the backward what the budget does not let the forward save: same maths."""
+    net, params, data = _problem()
+    tx = optcompile.adam(0.1)
+    plain = _make_step(net, tx)
+    compiled = optcompile.optcompile(plain, memory_budget=0.3)
+    got = _meta_gradient(compiled, tx, net, params, data)
+    want = _meta_gradient(plain, tx, net, params, data)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0.0, ValueError, r"memory_budget=0.0 must be in \(0, 1\]"),
+        (1.5, ValueError, r"memory_budget=1.5 must be in \(0, 1\]"),
+        ("half", TypeError, r"memory_budget='half' must be a number"),
+        (True, TypeError, r"memory_budget=True must be a number"),
+    ],
+)
+def test_bad_memory_budget_is_a_clear_error(value, error, match):
+    with pytest.raises(error, match=match):
+        optcompile.optcompile(memory_budget=value)
 
 
 def test_first_order_equals_first_order_maml():
