@@ -23,7 +23,8 @@ is shown by
   (``MetaGradientSync.last_wait_s``), against ``allreduce_ms``, one blocking all-reduce of the
   same bytes: the difference was hidden behind the backward.
 
-Results depend on what else runs on the machine: compare ratios within one run only.
+Results depend on what else runs on the machine: compare ratios within one run only. The inner
+steps run on the eager backend unless ``BENCH_BACKEND`` names another.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from _report import add_row
 META_BATCH = 8
 INNER_STEPS = 5
 HIDDEN = 256
-ROUNDS = 11  # alone/parallel pairs, after one warm-up of each
+ROUNDS = 31  # alone/parallel pairs, after one warm-up of each
 BUCKET_MB = 0.25
 
 
@@ -83,7 +84,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     import optcompile
     from optcompile import distributed as od
 
-    optcompile.set_default_backend("eager")
+    optcompile.set_default_backend(os.environ.get("BENCH_BACKEND", "eager"))
     store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=datetime.timedelta(60))
     dist.init_process_group(
         "gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(60)
