@@ -148,3 +148,30 @@ def test_guide_lists_the_deliberate_differences():
         "Checkpoints",
     ):
         assert topic in section, topic
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_eager_steps_compute_in_float32(dtype):
+    """In float16, Adam's eps = 1e-8 and (1 - b2) g^2 of a small gradient round to 0: an eager
+    step computed in float16 divided by zero (inf parameters). Like Inductor and the native
+    kernels, eager computes in float32 and rounds each output once."""
+    generator = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(n, generator=generator) * 1e-3 for n in (300, 7)]  # tiny gradients
+
+    def two_steps(precision: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params = [torch.ones_like(g, dtype=precision).requires_grad_() for g in leaves]
+        tx = optcompile.adam(1e-2, backend="eager")
+        state = tx.init(params)
+        new = params
+        for scale in (1.0, 2.0):
+            grads = [(g * scale).to(precision) for g in leaves]
+            new, state = optcompile.apply_transform(tx, grads, state, new, inplace=False)
+        outer = torch.autograd.grad(sum((p.float() ** 2).sum() for p in new), params)
+        return [p.detach() for p in new], list(outer)
+
+    got, got_grads = two_steps(dtype)
+    assert all(t.dtype == dtype and torch.isfinite(t).all() for t in got + got_grads)
+    # The same maths in float32 on the same (rounded) inputs, rounded once at the end.
+    want, _ = two_steps(torch.float32)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), w, rtol=2e-2, atol=2e-3)
