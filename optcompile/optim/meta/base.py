@@ -19,6 +19,7 @@ from optcompile.distributed.ddp_guard import check_not_ddp_wrapped
 from optcompile.lowering.transforms import transforms_active
 from optcompile.optim.base import _check_impl
 from optcompile.optim.checkpoint import adopt_state_groups
+from optcompile.optim.meta.functional_view import FunctionalView, dotted_names
 from optcompile.settings import first_order_active
 from optcompile.update import apply_transform
 
@@ -83,6 +84,7 @@ class MetaOptimizer:
         self.impl = _check_impl(impl)
         self.param_slots_groups: list[tuple[Slot, ...]] = []
         self._module_containers: list[tuple[dict, ...]] = []  # every submodule's _parameters
+        self._names: list[tuple[tuple[str, ...], ...]] = []  # per group, see FunctionalView
         self.state_groups: list[Any] = []
         self.add_param_group(module)
 
@@ -110,6 +112,7 @@ class MetaOptimizer:
             )
         self.param_slots_groups.append(slots)
         self._module_containers.append(tuple(m._parameters for m in module.modules()))
+        self._names.append(dotted_names(module, slots))
         self.state_groups.append(self.impl.init(_current(slots)))
 
     def step(self, loss: torch.Tensor) -> None:
@@ -172,11 +175,36 @@ class MetaOptimizer:
                 "loss does not depend on any parameter this optimizer updates: it was computed "
                 "before the last step (compute it again from the module), or without the module"
             )
-        for i, (slots, new_params, new_state) in enumerate(new_groups):
-            self.state_groups[i] = new_state
-            for places, value in zip(slots, new_params, strict=True):
-                for container, name in places:
-                    container[name] = value
+        for i, (_, new_params, new_state) in enumerate(new_groups):
+            self._write_group(i, new_params, new_state)
+
+    def functional_view(self, group: int = 0) -> FunctionalView:
+        """The group's parameters, names, state and transformation for a functional inner step.
+
+        For compiling whole inner steps of this optimizer with ``@optcompile``: write the step
+        over ``view.params`` with ``torch.func.functional_call(module, view.as_dict(params),
+        ...)`` and ``view.tx``, then ``view.commit(params, state)`` (guide, section 5).
+
+        Raises:
+            IndexError: no such group.
+        """
+        if not 0 <= group < len(self.param_slots_groups):
+            raise IndexError(f"group={group}: this optimizer has {len(self.param_slots_groups)}")
+        return FunctionalView(
+            optimizer=self,
+            group=group,
+            names=self._names[group],
+            params=_current(self.param_slots_groups[group]),
+            state=self.state_groups[group],
+            tx=self.impl,
+        )
+
+    def _write_group(self, group: int, params: Sequence[torch.Tensor], state: Any) -> None:
+        """The group's new parameters into every place that holds them, and its new state."""
+        self.state_groups[group] = state
+        for places, value in zip(self.param_slots_groups[group], params, strict=True):
+            for container, name in places:
+                container[name] = value
 
     def state_dict(self) -> tuple[Any, ...]:
         """The state of every group (the live objects, not copies)."""
