@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optree
@@ -137,17 +137,24 @@ class StepPlan:
     device: torch.device
     dtype: torch.dtype
     hypers: tuple[tuple[Any, ...], ...]
+    # kernel_on's answer per backend name, found on the first step on that backend.
+    chosen: dict[str, Kernel] = field(default_factory=dict, compare=False, repr=False)
 
     def kernel_on(self, backend: Backend) -> Kernel:
         """The kernel to run on ``backend``: the update folded in where the backend runs it.
 
         A first-order step needs ``p + u`` differentiable in ``p`` while ``u`` is not, and a
         backend may run the plain kernel but not the one with the addition (the native Adam):
-        then the addition runs on its own.
+        then the addition runs on its own. Asked once per backend, not per step.
         """
-        if self.with_apply is not None and backend.supports(self.with_apply, self.device) is None:
-            return self.with_apply
-        return self.plain
+        kernel = self.chosen.get(backend.name)
+        if kernel is None:
+            supported = (
+                self.with_apply is not None
+                and backend.supports(self.with_apply, self.device) is None
+            )
+            kernel = self.chosen[backend.name] = self.with_apply if supported else self.plain
+        return kernel
 
 
 def step(
