@@ -49,6 +49,13 @@ class RuleTransformation(GradientTransformation):
 
     def __new__(cls, members: Sequence[Member], backend: str | None) -> RuleTransformation:
         members = tuple(members)
+        for member in members[1:]:  # see leafstats: statistics are of the unit's incoming updates
+            if member.rule.stats:
+                raise ValueError(
+                    f"{member.rule.name} computes per-leaf statistics of its incoming updates, "
+                    f"so it must start a fused unit; chain it instead of fusing it after "
+                    f"{members[0].rule.name}"
+                )
         single = len(members) == 1
 
         def init(params: Any) -> Any:

@@ -152,8 +152,8 @@ def leaf_statistic_inputs(
     """The kernel's statistic inputs for one group of leaves: one list per declared statistic.
 
     Args:
-        members: the fused unit's members; only the first may declare statistics, since only
-            its incoming updates exist as tensors.
+        members: the fused unit's members; only the first declares statistics (checked when
+            the RuleTransformation is built), since only its incoming updates exist as tensors.
         updates: the group's incoming update tensors.
         params: the parameters' pytree (or None), indexed by the leaf positions in ``group``.
         group: the positions of ``updates``' leaves among all leaves.
@@ -163,16 +163,9 @@ def leaf_statistic_inputs(
         of ``stat.expand_as(update)`` (stride-0 views; differentiable).
 
     Raises:
-        ValueError: a later member declares statistics, or a statistic needs ``params=`` and
-            none (or parameters of other shapes) were given.
+        ValueError: a statistic needs ``params=`` and none (or parameters of other shapes)
+            were given.
     """
-    for member in members[1:]:
-        if member.rule.stats:
-            raise ValueError(
-                f"{member.rule.name} computes per-leaf statistics of its incoming updates, so it "
-                f"must start a fused unit; chain it instead of fusing it after "
-                f"{members[0].rule.name}"
-            )
     declared = members[0].rule.stats if members else {}
     if not declared:
         return []
