@@ -12,6 +12,8 @@ same directory in every process. :func:`configure` runs once, before the first c
 The choice is exported as ``TORCHINDUCTOR_CACHE_DIR``, which Inductor reads on every lookup,
 so it applies to every ``torch.compile`` in the process. The FX graph cache is forced on for
 optcompile's compiles (:func:`inductor_options`), and AOTAutograd's cache rides along with it.
+Inductor's vector-ISA check, which would otherwise run in every process, is recorded there
+too (:mod:`~optcompile.lowering.vec_isa`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+from optcompile.lowering import vec_isa
 
 __all__ = ["cache_dir", "configure", "inductor_options", "discard_corrupt", "ENV_VAR"]
 
@@ -79,6 +83,7 @@ def configure() -> Path:
             _log.info("optcompile: Inductor cache directory %s", path)
             _configured = path
             _announce_discarded(path, discard_corrupt(path))
+            vec_isa.settle(path)
         return _configured
 
 
