@@ -13,7 +13,7 @@ Memory (``maml_problem.py`` as a worker, one process per contender and size): pe
 memory growth of one outer iteration (K=5) above the resident memory after a warm-up
 iteration, with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors return to the system
 and resident memory follows live tensor bytes; VmHWM (the kernel's exact peak, reset through
-``/proc/self/clear_refs``) rather than a sampling of RSS. Target: whole step <= 0.7x TorchOpt's.
+``/proc/self/clear_refs``) rather than a sampling of RSS. Target: <= 0.7x TorchOpt's.
 
 Run several times for ranges: ``python -m pytest bench/test_whole_step_cost.py -q -s``.
 """
@@ -30,6 +30,7 @@ from maml_problem import HIDDEN_FOR_SIZE, available, parameter_count
 
 HERE = Path(__file__).parent
 MEMORY_CONTENDERS = [
+    "optcompile-meta-gradient",
     "optcompile-whole-step",
     "optcompile-whole-step-budget-0.5",
     "optcompile-whole-loop",
