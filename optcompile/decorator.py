@@ -56,7 +56,7 @@ import torch
 
 from optcompile.errors import LoweringError
 from optcompile.lowering.backends import check_backend_name
-from optcompile.lowering.backends.inductor import availability
+from optcompile.lowering.backends.inductor import compile_graph, disabled_reason
 from optcompile.lowering.transforms import activation_memory_budget
 from optcompile.settings import Settings, activated, current_backend, first_order_active
 from optcompile.unrolling import check_options, unroll_options
@@ -165,18 +165,12 @@ class _WholeStep:
         self._compiled: Callable[..., Any] | None = None
         self.calls = 0
 
-    def _build(self, args: tuple, kwargs: dict) -> Callable[..., Any]:
+    def _build(self) -> Callable[..., Any]:
         if self.backend not in ("inductor", "auto"):
             return self.function
-        device = _first_device(args, kwargs)
-        reason = availability(device)
+        reason = disabled_reason()
         if reason is not None:
-            warnings.warn(
-                f"optcompile: @optcompile cannot compile {self.function.__qualname__} with "
-                f"Inductor ({reason}); running it eagerly (same results)",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            self._warn_eager(reason, stacklevel=6)  # the user's call of the decorated function
             return self.function
         from optcompile.lowering import cache
 
@@ -192,18 +186,36 @@ class _WholeStep:
             self.function.__closure__,
         )
         own.__kwdefaults__ = self.function.__kwdefaults__
-        return torch.compile(own, backend="inductor", fullgraph=True)
+        # No trial compile first: a compiler that fails (none installed, no Triton for the
+        # device) fails this compile, and __call__ then runs the function eagerly.
+        return torch.compile(own, backend=compile_graph, fullgraph=True)
+
+    def _warn_eager(self, reason: str, stacklevel: int) -> None:
+        warnings.warn(
+            f"optcompile: @optcompile cannot compile {self.function.__qualname__} with "
+            f"Inductor ({reason}); running it eagerly (same results)",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
 
     def __call__(self, settings: Settings, *args: Any, **kwargs: Any) -> Any:
         if self._compiled is None:
-            self._compiled = self._build(args, kwargs)
+            self._compiled = self._build()
         self.calls += 1
-        if self._compiled is self.function:  # not compiled: the steps run on their backend
-            backend = "eager" if settings.backend in ("inductor", "auto") else settings.backend
-            with activated(Settings(backend, settings.first_order)):
-                return self.function(*args, **kwargs)
-        with activated(settings):
-            return self._run_compiled(args, kwargs)
+        if self._compiled is not self.function:
+            try:
+                with activated(settings):
+                    return self._run_compiled(args, kwargs)
+            except torch._dynamo.exc.BackendCompilerFailed as err:
+                inner = err.inner_exception
+                lines = str(inner).strip().splitlines()
+                reason = f"{type(inner).__name__}: {lines[0] if lines else ''}"
+                self._warn_eager(reason, stacklevel=5)
+                self._compiled = self.function
+        # Not compiled: the steps run on their backend.
+        backend = "eager" if settings.backend in ("inductor", "auto") else settings.backend
+        with activated(Settings(backend, settings.first_order)):
+            return self.function(*args, **kwargs)
 
     def _run_compiled(self, args: tuple, kwargs: dict) -> Any:
         assert self._compiled is not None
@@ -279,15 +291,6 @@ def _requiring_grad(leaf: Any) -> Any:
     ):
         return leaf.detach().requires_grad_()
     return leaf
-
-
-def _first_device(args: tuple, kwargs: dict) -> torch.device:
-    import optree
-
-    for leaf in optree.tree_leaves((args, kwargs)):
-        if isinstance(leaf, torch.Tensor):
-            return leaf.device
-    return torch.device("cpu")
 
 
 def _explain_unsupported(function: Callable[..., Any], err: Exception) -> str:

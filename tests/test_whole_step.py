@@ -10,12 +10,18 @@ on this host.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch.func import functional_call, grad
 
 import optcompile
-from optcompile.lowering.backends.inductor import availability, simulate_failure
+from optcompile.lowering.backends.inductor import (
+    DISABLE_ENV_VAR,
+    availability,
+    simulate_failure,
+)
 
 pytestmark = pytest.mark.compile
 K = 3
@@ -197,15 +203,25 @@ def test_first_order_equals_first_order_maml():
         torch.testing.assert_close(g, w, **TOL)
 
 
-def test_without_inductor_the_same_results_eagerly_with_one_warning():
+@pytest.mark.parametrize("how", ["compile fails", "disabled"])
+def test_without_inductor_the_same_results_eagerly_with_one_warning(how, monkeypatch):
+    """A compile that fails (no compiler, no Triton) is the test: no trial compile runs first."""
     net, params, data = _problem()
     tx = optcompile.adam(0.1)
     plain = _make_step(net, tx)
     want = _meta_gradient(plain, tx, net, params, data)
-    with simulate_failure("probe", "no compiler here"):
+    if how == "disabled":
+        monkeypatch.setenv(DISABLE_ENV_VAR, "1")
+    failing = simulate_failure("compile", "no compiler here")
+    with failing, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         step = optcompile.optcompile(plain)
-        with pytest.warns(RuntimeWarning, match=r"cannot compile .*inner_step .*no compiler here"):
-            got = _meta_gradient(step, tx, net, params, data)
+        got = _meta_gradient(step, tx, net, params, data)
+    reason = "no compiler here" if how == "compile fails" else f"disabled by {DISABLE_ENV_VAR}"
+    ours = [w for w in caught if "@optcompile cannot compile" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert "inner_step" in str(ours[0].message) and reason in str(ours[0].message)
+    assert ours[0].filename == __file__  # points at the call of the decorated step
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL)
 

@@ -45,7 +45,14 @@ from optcompile.lowering.backends.eager import run_forward, run_vjp
 from optcompile.lowering.kernel import Kernel, Variant
 from optcompile.lowering.transforms import outside_transforms
 
-__all__ = ["InductorBackend", "availability", "simulate_failure", "DISABLE_ENV_VAR"]
+__all__ = [
+    "InductorBackend",
+    "availability",
+    "compile_graph",
+    "disabled_reason",
+    "simulate_failure",
+    "DISABLE_ENV_VAR",
+]
 
 DISABLE_ENV_VAR = "OPTCOMPILE_DISABLE_INDUCTOR"
 _T = TypeVar("_T")
@@ -260,16 +267,31 @@ def _layout(flat: Sequence[torch.Tensor]) -> tuple[Any, ...]:
     return tuple((t.shape, t.stride(), t.dtype, t.device) for t in flat)
 
 
+def disabled_reason() -> str | None:
+    """``"disabled by OPTCOMPILE_DISABLE_INDUCTOR"`` when that variable turns Inductor off."""
+    flag = os.environ.get(DISABLE_ENV_VAR, "").strip().lower()
+    if flag not in ("", "0", "false", "no", "off"):
+        return f"disabled by {DISABLE_ENV_VAR}"
+    return None
+
+
 def availability(device: torch.device) -> str | None:
     """None if Inductor compiles on ``device`` here, else the reason it does not.
 
     Honours ``OPTCOMPILE_DISABLE_INDUCTOR`` and :func:`simulate_failure`; the probe runs once
     per device type.
     """
-    flag = os.environ.get(DISABLE_ENV_VAR, "").strip().lower()
-    if flag not in ("", "0", "false", "no", "off"):
-        return f"disabled by {DISABLE_ENV_VAR}"
-    return _Probe.reason(torch.device(device))
+    return disabled_reason() or _Probe.reason(torch.device(device))
+
+
+def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
+    """A ``torch.compile`` backend: Inductor's ``compile_fx``, failing where
+    :func:`simulate_failure` (stage ``"compile"``) says, so that callers' fallbacks are tested
+    on the path a real failure takes."""
+    _check_fault("compile")
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs)
 
 
 class InductorBackend(Backend):
