@@ -109,6 +109,27 @@ def test_forward_and_vjp_match_eager(dtype, inductor):
 
 
 @pytest.mark.compile
+def test_same_shapes_other_strides_get_their_own_graph(inductor):
+    """The kernel graphs carry no input size/stride assertions (cache.inductor_options), so a
+    graph must never be reused for inputs laid out differently: the lookup key has the strides."""
+    params, grads, mu, nu = _inputs(torch.float32, [(4, 6)])
+    transposed = [t.t().contiguous().t() for t in (*params, *grads, *mu, *nu)]  # same values
+    assert transposed[0].stride() != params[0].stride()
+    results = []
+    for inputs in ((params, grads, mu, nu), [transposed[i : i + 1] for i in range(4)]):
+        p, g, m, v = inputs
+        before = stats()["inductor"]["graphs"]
+        update, state = _step("inductor", lr=0.01, grads=g, mu=m, nu=v, params=p)
+        assert stats()["inductor"]["graphs"] - before == 1  # (4, 6) is this test's own shape
+        results.append([*update, *state.mu, *state.nu])
+    eager_update, eager_state = _step("eager", lr=0.01, grads=grads, mu=mu, nu=nu, params=params)
+    for got in results:
+        for a, b in zip(got, [*eager_update, *eager_state.mu, *eager_state.nu], strict=True):
+            torch.testing.assert_close(a, b, **TOL[torch.float32])
+    assert cache.inductor_options()["size_asserts"] is False
+
+
+@pytest.mark.compile
 def test_no_recompile_for_new_values_one_graph_per_new_shape(inductor):
     dtype = torch.float32
 
