@@ -42,18 +42,23 @@ MEMORY_CONTENDERS = [
 REFERENCE = "torchopt-0.7.3"
 
 
-def _compile_once(form: str, steps: int, cache: Path) -> dict:
-    env = dict(
-        os.environ,
-        OPTCOMPILE_CACHE_DIR=str(cache),
-        TORCHINDUCTOR_CACHE_DIR=str(cache),
-        TRITON_CACHE_DIR=str(cache / "triton"),
-    )
+def _run_worker(script: str, args: list[str], env: dict[str, str], timeout: int) -> dict:
+    """Run ``bench/SCRIPT ARGS`` in a fresh process; return the JSON of its last output line."""
     out = subprocess.run(
-        [sys.executable, str(HERE / "whole_step_cost.py"), form, str(steps)],
-        env=env, capture_output=True, text=True, check=True, timeout=1200, cwd=HERE,
+        [sys.executable, str(HERE / script), *args],
+        env=dict(os.environ, **env), capture_output=True, text=True, check=True,
+        timeout=timeout, cwd=HERE,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _compile_once(form: str, steps: int, cache: Path) -> dict:
+    env = {
+        "OPTCOMPILE_CACHE_DIR": str(cache),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+    }
+    return _run_worker("whole_step_cost.py", [form, str(steps)], env, timeout=1200)
 
 
 @pytest.mark.parametrize("form", ["step", "loop"])
@@ -85,12 +90,8 @@ def test_cold_and_warm_compile_for_5_and_20_steps(tmp_path, form):
 
 
 def _peak_memory(impl: str, hidden: int) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run(
-        [sys.executable, str(HERE / "maml_problem.py"), impl, str(hidden)],
-        env=env, capture_output=True, text=True, check=True, timeout=900, cwd=HERE,
-    )  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    return _run_worker("maml_problem.py", [impl, str(hidden)], env, timeout=900)
 
 
 @pytest.mark.parametrize("size", ["100k", "1M"])

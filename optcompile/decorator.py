@@ -56,7 +56,11 @@ import torch
 
 from optcompile.errors import LoweringError
 from optcompile.lowering.backends import check_backend_name
-from optcompile.lowering.backends.inductor import compile_graph, disabled_reason
+from optcompile.lowering.backends.inductor import (
+    compile_graph,
+    describe_error,
+    disabled_reason,
+)
 from optcompile.lowering.transforms import activation_memory_budget
 from optcompile.settings import Settings, activated, current_backend, first_order_active
 from optcompile.unrolling import check_options, unroll_options
@@ -207,10 +211,7 @@ class _WholeStep:
                 with activated(settings):
                     return self._run_compiled(args, kwargs)
             except torch._dynamo.exc.BackendCompilerFailed as err:
-                inner = err.inner_exception
-                lines = str(inner).strip().splitlines()
-                reason = f"{type(inner).__name__}: {lines[0] if lines else ''}"
-                self._warn_eager(reason, stacklevel=5)
+                self._warn_eager(describe_error(err.inner_exception), stacklevel=5)
                 self._compiled = self.function
         # Not compiled: the steps run on their backend.
         backend = "eager" if settings.backend in ("inductor", "auto") else settings.backend

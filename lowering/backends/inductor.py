@@ -49,6 +49,7 @@ __all__ = [
     "InductorBackend",
     "availability",
     "compile_graph",
+    "describe_error",
     "disabled_reason",
     "simulate_failure",
     "DISABLE_ENV_VAR",
@@ -89,7 +90,8 @@ def _check_fault(stage: str) -> None:
         raise RuntimeError(_faults[stage])
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException) -> str:
+    """``"TypeName: first line of the message"``: a compile failure in one line."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -222,7 +224,7 @@ class _Probe:
                 return f"Inductor on {device.type} computed a wrong result in a self-test"
         except Exception as err:  # a missing compiler, an unsupported device, ...
             _log.info("optcompile: Inductor does not work on %s", device.type, exc_info=True)
-            return f"Inductor cannot compile for {device.type} ({_describe(err)})"
+            return f"Inductor cannot compile for {device.type} ({describe_error(err)})"
         seconds, cold = time.perf_counter() - start, _cache_misses() > misses
         _announce(f"checked that Inductor works on {device.type}", seconds, cold)
         return None
@@ -447,7 +449,7 @@ class InductorBackend(Backend):
                 graph = _with_cache_repair(build)
             except Exception as err:
                 _log.info("optcompile: compiling %s failed", kernel.name, exc_info=True)
-                return f"compiling its {label} failed ({_describe(err)})"
+                return f"compiling its {label} failed ({describe_error(err)})"
             seconds = time.perf_counter() - start
             stats.record(self.name, "graphs")
             stats.record(self.name, "compile_seconds", seconds)
