@@ -10,7 +10,13 @@ on this host.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,6 +230,45 @@ def test_without_inductor_the_same_results_eagerly_with_one_warning(how, monkeyp
     assert ours[0].filename == __file__  # points at the call of the decorated step
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL)
+
+
+_IN_A_NEW_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, sys.argv[2])
+    import optcompile, test_whole_step as t
+    from torch._dynamo.utils import counters
+    net, params, data = t._problem()
+    tx = t.ALIASES[sys.argv[1]](0.1)
+    plain = t._make_step(net, tx)
+    got = t._meta_gradient(optcompile.optcompile(plain), tx, net, params, data)
+    want = t._meta_gradient(plain, tx, net, params, data)
+    error = max(float((g - w).abs().max()) for g, w in zip(got, want))
+    print(json.dumps({"aot_autograd": dict(counters["aot_autograd"]), "error": error}))
+    """
+)
+
+
+def test_a_new_process_loads_the_compiled_step_and_its_backward_from_the_cache(tmp_path):
+    """The fused step is an autograd.Function in the graph; AOTAutograd's cache must still
+    take the graph (else every process re-derives the joint graph: seconds of warm start),
+    and a different rule in the same cache directory must get its own entry, not a hit."""
+    env = dict(os.environ, OPTCOMPILE_CACHE_DIR=str(tmp_path), TRITON_CACHE_DIR=str(tmp_path))
+    env.pop("TORCHINDUCTOR_AUTOGRAD_CACHE_ALLOW_CUSTOM_AUTOGRAD", None)
+    runs = []
+    for name in ("adam", "adam", "rmsprop"):
+        out = subprocess.run(
+            [sys.executable, "-c", _IN_A_NEW_PROCESS, name, str(Path(__file__).parent)],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, again, other = (run["aot_autograd"] for run in runs)
+    assert first.get("autograd_cache_saved") == 1 and not first.get("autograd_cache_bypass")
+    assert again.get("autograd_cache_hit") == 1
+    assert other.get("autograd_cache_miss") == 1 and not other.get("autograd_cache_hit")
+    for run in runs:
+        assert run["error"] <= 1e-10, run
 
 
 def _meta_gradient_function(net, tx, data, steps):

@@ -289,11 +289,23 @@ def availability(device: torch.device) -> str | None:
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
     """A ``torch.compile`` backend: Inductor's ``compile_fx``, failing where
     :func:`simulate_failure` (stage ``"compile"``) says, so that callers' fallbacks are tested
-    on the path a real failure takes."""
+    on the path a real failure takes.
+
+    AOTAutograd's cache admits the graph even though it holds ``autograd.Function`` calls
+    (every differentiable fused step is one). By default AOTAutograd bypasses its cache for
+    them, and each new process then re-derives the joint forward/backward graph and re-runs
+    the partitioner: 1.5-2.5 s of a whole-step MAML's warm start here. Admitting them is safe
+    because Dynamo traces a Function's forward and backward into subgraphs of ``gm`` and the
+    cache key hashes ``gm`` with its subgraphs' code: a different rule, or a changed backward,
+    is a different key. An explicit ``TORCHINDUCTOR_AUTOGRAD_CACHE_ALLOW_CUSTOM_AUTOGRAD``
+    in the environment overrides this (torch reads it over any setting).
+    """
     _check_fault("compile")
+    from torch._functorch import config as functorch_config
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs)
+    with functorch_config.patch(autograd_cache_allow_custom_autograd_functions=True):
+        return compile_fx(gm, example_inputs)
 
 
 class InductorBackend(Backend):
