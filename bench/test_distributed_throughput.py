@@ -1,15 +1,25 @@
 """Data-parallel MAML: 2 processes x 1 thread against 1 process x 1 thread, on the same tasks.
 
-Run: ``python -m pytest bench/test_distributed_throughput.py -q -s``. Two processes are spawned
-once (gloo on 127.0.0.1). Rounds alternate, round-robin, between
+Run: ``python -m pytest bench/test_distributed_throughput.py -q -s``. Three processes are
+spawned once (gloo on 127.0.0.1): a *pair* (ranks 0 and 1) that only ever runs the data-parallel
+iteration, and a *single* process (rank 2) that only ever runs the whole meta-batch. Rounds
+alternate, round-robin, between
 
-* ``alone``: rank 0 runs the whole meta-batch (M tasks, K inner MetaAdam steps each, the outer
-  backward and step) while rank 1 sleeps in a blocking store wait;
-* ``parallel``: each rank runs its M/2 tasks and the outer backward, with
-  ``sync_meta_gradients`` all-reducing the meta-gradients during it, then the step.
+* ``alone``: the single process runs the whole meta-batch (M tasks, K inner MetaAdam steps
+  each, the outer backward and step) while the pair sleeps in a blocking store wait;
+* ``parallel``: each process of the pair runs its M/2 tasks and the outer backward, with
+  ``sync_meta_gradients`` (over the pair's group) all-reducing the meta-gradients during it,
+  then the step, while the single process sleeps.
 
-The throughput ratio is ``median(alone) / median(parallel)`` of rank 0's wall time per outer
-iteration (the target on a 2-core host is 1.7x). On a host shared with other programs the wall
+Each process keeps to one role, as in real runs, because a process's history changes its speed:
+in an earlier version rank 0 ran both roles and rank 1 only the parallel one; rank 0's 8-task
+iterations had raised glibc's dynamic mmap threshold, rank 1 kept mapping and faulting in fresh
+pages for its tensors, and spent 15 ms (20%) more CPU time than rank 0 on the same work in 22
+of 31 rounds of one run, with rank 0 waiting for it in the all-reduce.
+
+The throughput ratio is ``median(alone) / median(parallel)`` of the wall time per outer
+iteration (the single process's; rank 0's in parallel, where both end together); the target
+on a 2-core host is 1.7x. On a host shared with other programs the wall
 time depends on how much of each core the processes get, so ``cpu_speedup`` also compares the
 busiest rank's CPU time (``time.thread_time``): the speed-up with both cores to themselves,
 communication waits excluded, and ``host_parallelism`` measures, in the same rounds, what the
@@ -79,6 +89,10 @@ def _calibration() -> None:
         a = torch.tanh(a @ a)
 
 
+SINGLE = 2  # the rank that runs the whole meta-batch; ranks 0 and 1 are the pair
+MODES = ("alone", "parallel", "calibration_alone", "calibration_parallel")
+
+
 def _worker(rank: int, world: int, port: int, queue) -> None:
     torch.set_num_threads(1)
     os.environ.update(GLOO_SOCKET_IFNAME="lo")
@@ -90,62 +104,68 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     dist.init_process_group(
         "gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(60)
     )
+    pair = dist.new_group([0, 1])  # every rank takes part in creating it
     net, tasks = _problem()
-    sync = od.sync_meta_gradients(net, bucket_mb=BUCKET_MB)
+    in_pair = rank != SINGLE
+    sync = od.sync_meta_gradients(net, bucket_mb=BUCKET_MB, group=pair) if in_pair else None
     inner = optcompile.MetaAdam(net, lr=1e-3)
     states = (
         optcompile.extract_state_dict(net, by="reference"),
         optcompile.extract_state_dict(inner, by="reference"),
     )
     outer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    everything = od.shard_tasks(META_BATCH, rank=0, world_size=1)
-    mine = od.shard_tasks(META_BATCH)
+    shard = (
+        od.shard_tasks(META_BATCH, rank=rank, world_size=2)
+        if in_pair
+        else od.shard_tasks(META_BATCH, rank=0, world_size=1)
+    )
     rows = []
-    for round_ in range(ROUNDS + 1):
-        for mode, repeat in itertools.product(
-            ("alone", "parallel", "calibration_alone", "calibration_parallel"), (0, 1)
-        ):
-            dist.barrier()
-            wall, cpu = time.perf_counter(), time.thread_time()
-            if mode.endswith("alone"):
-                if rank == 0:
-                    if mode == "alone":
-                        with sync.no_sync():  # one process, nothing to synchronise with
-                            _outer_iteration(net, inner, states, outer, tasks, everything)
-                    else:
-                        _calibration()
-                    store.set(f"{mode}{round_}.{repeat}", "done")
-                else:
-                    store.wait([f"{mode}{round_}.{repeat}"])  # blocks on a socket: no CPU used
-            elif mode == "parallel":
-                _outer_iteration(net, inner, states, outer, tasks, mine)
-            else:
+    for round_, mode, repeat in itertools.product(range(ROUNDS + 1), MODES, (0, 1)):
+        dist.barrier()
+        key = f"{mode}{round_}.{repeat}"
+        runs_here = in_pair == mode.endswith("parallel")
+        wall, cpu = time.perf_counter(), time.thread_time()
+        if runs_here:
+            if mode.startswith("calibration"):
                 _calibration()
-            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            else:
+                _outer_iteration(net, inner, states, outer, tasks, shard)
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        if runs_here and rank in (0, SINGLE):
+            store.set(key, "done")
+        elif not runs_here:
+            store.wait([key])  # blocks on a socket: no CPU used
+        if mode.endswith("parallel") and in_pair:
             # The busiest rank's CPU time (untimed): what the wall time would be without
             # other programs competing for the cores.
             cpu_max = torch.tensor(cpu, dtype=torch.float64)
-            if mode.endswith("parallel"):
-                dist.all_reduce(cpu_max, op=dist.ReduceOp.MAX)
-            if round_ > 0 and repeat == 1 and rank == 0:
-                rows.append(
-                    {
-                        "mode": mode,
-                        "wall": wall,
-                        "cpu": cpu_max.item(),
-                        "finish": sync.last_finish_s if mode == "parallel" else 0.0,
-                        "exposed": sync.last_wait_s if mode == "parallel" else 0.0,
-                    }
-                )
-    # One blocking all-reduce of the same bytes, for scale.
-    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+            dist.all_reduce(cpu_max, op=dist.ReduceOp.MAX, group=pair)
+            cpu = cpu_max.item()
+        if round_ > 0 and repeat == 1 and runs_here and rank in (0, SINGLE):
+            synced = mode == "parallel"
+            rows.append(
+                {
+                    "round": round_,
+                    "mode": mode,
+                    "wall": wall,
+                    "cpu": cpu,
+                    "finish": sync.last_finish_s if synced else 0.0,
+                    "exposed": sync.last_wait_s if synced else 0.0,
+                }
+            )
+    # One blocking all-reduce of the same bytes over the pair, for scale.
     blocking = []
-    for _ in range(5):
-        dist.barrier()
-        start = time.perf_counter()
-        dist.all_reduce(flat)
-        blocking.append(time.perf_counter() - start)
+    if in_pair:
+        flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        for _ in range(5):
+            dist.barrier(group=pair)
+            start = time.perf_counter()
+            dist.all_reduce(flat, group=pair)
+            blocking.append(time.perf_counter() - start)
+    gathered: list = [None] * world if rank == 0 else []
+    dist.gather_object(rows, gathered if rank == 0 else None, dst=0)
     if rank == 0:
+        rows = sorted((row for part in gathered for row in part), key=lambda r: r["round"])
         queue.put(
             {"rows": rows, "allreduce": statistics.median(blocking), "buckets": len(sync.buckets)}
         )
@@ -160,7 +180,7 @@ def test_data_parallel_maml_throughput_and_overlap():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue), daemon=True) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, 3, port, queue), daemon=True) for r in range(3)]
     for p in procs:
         p.start()
     try:
@@ -175,7 +195,7 @@ def test_data_parallel_maml_throughput_and_overlap():
         mode: {
             k: statistics.median(r[k] for r in rows if r["mode"] == mode)
             for k in rows[0]
-            if k != "mode"
+            if k not in ("mode", "round")
         }
         for mode in ("alone", "parallel")
     }
