@@ -121,11 +121,14 @@ def optcompile_whole_loop_iteration(net: nn.Module, steps: int = INNER_STEPS) ->
     return iteration
 
 
-def optcompile_meta_gradient_iteration(net: nn.Module) -> Callable[[], None]:
+def optcompile_meta_gradient_iteration(
+    net: nn.Module, options: dict | None = None
+) -> Callable[[], None]:
     """The whole meta-gradient in one ``@optcompile`` function: ``torch.func.grad`` of K steps.
 
     One forward graph computes the meta-gradient (no autograd graph between steps); compiled
-    per K, and its compile time grows with K (the loop is unrolled).
+    per K, and its compile time grows with K (the loop is unrolled). ``options``: Inductor
+    settings (``@optcompile(options=...)``).
     """
     from torch.func import grad
 
@@ -137,7 +140,7 @@ def optcompile_meta_gradient_iteration(net: nn.Module) -> Callable[[], None]:
     def loss(params, inputs, targets):
         return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
 
-    @optcompile.optcompile
+    @optcompile.optcompile(options=options)
     def meta_gradient(params):
         def outer(params):
             fast, state = params, tx.init(params)
@@ -252,6 +255,9 @@ IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
     ),
     "optcompile-whole-loop": optcompile_whole_loop_iteration,
     "optcompile-meta-gradient": optcompile_meta_gradient_iteration,
+    "optcompile-meta-gradient-cpp-wrapper": lambda net: optcompile_meta_gradient_iteration(
+        net, options={"cpp_wrapper": True}
+    ),
     "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),
     "optcompile-eager": lambda net: optcompile_iteration(net, "eager"),
     "optcompile-auto": lambda net: optcompile_iteration(net, "auto"),

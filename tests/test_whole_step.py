@@ -232,6 +232,40 @@ def test_without_inductor_the_same_results_eagerly_with_one_warning(how, monkeyp
         torch.testing.assert_close(g, w, **TOL)
 
 
+def test_inductor_options_apply_to_the_forward_and_backward_graphs():
+    """cpp_wrapper (the documented speed option) gives eager's meta-gradients, and it is on
+    for both compiles: the backward's compile happens later, at the first outer backward."""
+    from torch._inductor import config
+
+    seen = []
+    options = {
+        "cpp_wrapper": True,
+        "post_grad_custom_post_pass": lambda graph: seen.append(config.cpp_wrapper),
+    }
+    net, params, data = _problem()
+    tx = optcompile.adam(0.1)
+    plain = _make_step(net, tx)
+    got = _meta_gradient(optcompile.optcompile(plain, options=options), tx, net, params, data)
+    want = _meta_gradient(plain, tx, net, params, data)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+    assert seen == [True, True]  # the forward graph, then the backward graph
+    assert config.cpp_wrapper is False  # only inside optcompile's compiles
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"cpp_wraper": True}, ValueError, "'cpp_wraper' is not an Inductor setting; did you mean"),
+        ({"cpp_wrapper": "yes"}, TypeError, "'cpp_wrapper' must be a bool, got str"),
+        (["cpp_wrapper"], TypeError, "must be a mapping from Inductor setting names"),
+    ],
+)  # fmt: skip
+def test_bad_inductor_options_are_a_clear_error_at_decoration(options, error, match):
+    with pytest.raises(error, match=match):
+        optcompile.optcompile(lambda p: p, options=options)
+
+
 _IN_A_NEW_PROCESS = textwrap.dedent(
     """
     import json, sys

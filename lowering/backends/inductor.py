@@ -26,14 +26,16 @@ exercise both paths without a broken compiler.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import sys
 import threading
 import time
+import typing
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -286,10 +288,19 @@ def availability(device: torch.device) -> str | None:
     return disabled_reason() or _Probe.reason(torch.device(device))
 
 
-def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
+def compile_graph(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    *,
+    options: Mapping[str, Any] | None = None,
+) -> Any:
     """A ``torch.compile`` backend: Inductor's ``compile_fx``, failing where
     :func:`simulate_failure` (stage ``"compile"``) says, so that callers' fallbacks are tested
     on the path a real failure takes.
+
+    ``options`` are Inductor config settings (checked by :func:`check_inductor_options`) for
+    this graph's compiles, the forward's and the backward's (which AOTAutograd compiles at the
+    first backward), as ``torch.compile(options=...)`` applies them.
 
     AOTAutograd's cache admits the graph even though it holds ``autograd.Function`` calls
     (every differentiable fused step is one). By default AOTAutograd bypasses its cache for
@@ -305,7 +316,39 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> An
     from torch._inductor.compile_fx import compile_fx
 
     with functorch_config.patch(autograd_cache_allow_custom_autograd_functions=True):
-        return compile_fx(gm, example_inputs)
+        return compile_fx(gm, example_inputs, config_patches=dict(options or {}))
+
+
+def check_inductor_options(options: Any) -> dict[str, Any]:
+    """``options`` as a dict of Inductor config settings, checked as ``torch.compile`` does.
+
+    Raises:
+        TypeError: ``options`` is not a mapping from names to values, or a value's type is not
+            the setting's.
+        ValueError: a name is not an Inductor setting.
+    """
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise TypeError(
+            f"options={options!r} must be a mapping from Inductor setting names to values, "
+            f"e.g. {{'cpp_wrapper': True}}"
+        )
+    from torch._inductor import config
+
+    known = config.get_config_copy()
+    checked = {}
+    for key, value in options.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"options: {key!r} is not an Inductor setting{hint}")
+        expected = config.get_type(name)  # type: ignore[attr-defined]
+        if typing.get_origin(expected) is None and not isinstance(value, expected):
+            raise TypeError(
+                f"options: {key!r} must be a {expected.__name__}, got {type(value).__name__}"
+            )
+        checked[name] = value
+    return checked
 
 
 class InductorBackend(Backend):
