@@ -105,11 +105,14 @@ def optcompile(
             graph from generated C++ instead of generated Python: it pays where one graph
             makes many kernel calls (the meta-gradient form: 6-10% less time per MAML
             iteration at ~100k parameters, ``bench/maml_ratios.py``) and costs a longer cold
-            compile (the wrapper is compiled too).
+            compile (the wrapper is compiled too). Only with ``backend`` ``"inductor"`` or
+            ``"auto"`` and no ``checkpoint_every``/``truncate``; an object-oriented loop
+            (a module or meta-optimizer argument) runs per-step kernels, which ignore them.
 
     Raises:
-        ValueError: an unknown backend name, ``memory_budget`` outside ``(0, 1]``, or an
-            ``options`` name that is not an Inductor setting.
+        ValueError: an unknown backend name, ``memory_budget`` outside ``(0, 1]``, an
+            ``options`` name that is not an Inductor setting, or ``options`` where nothing is
+            compiled whole.
         TypeError: ``first_order`` is not a bool, ``memory_budget`` is not a number,
             ``options`` is not a mapping of names to values of the settings' types, or ``fn``
             is a generator or coroutine function.
@@ -123,6 +126,15 @@ def optcompile(
     _check_budget(memory_budget)
     inductor_options = {} if options is None else check_inductor_options(options)
     bounded = checkpoint_every is not None or truncate is not None
+    if inductor_options and (bounded or backend not in ("inductor", "auto")):
+        why = (
+            "checkpoint_every/truncate run its loop eagerly"
+            if bounded
+            else f"backend={backend!r} compiles nothing"
+        )
+        raise ValueError(
+            f"options={options!r} apply to a function compiled whole by Inductor, but {why}"
+        )
 
     def decorate(function: F) -> F:
         if inspect.isgeneratorfunction(function) or inspect.iscoroutinefunction(function):

@@ -266,6 +266,16 @@ def test_bad_inductor_options_are_a_clear_error_at_decoration(options, error, ma
         optcompile.optcompile(lambda p: p, options=options)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"backend": "eager"}, "backend='eager' compiles nothing"),
+     ({"truncate": 2}, "checkpoint_every/truncate run its loop eagerly")],
+)  # fmt: skip
+def test_inductor_options_where_nothing_compiles_whole_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        optcompile.optcompile(lambda p: p, options={"cpp_wrapper": True}, **kwargs)
+
+
 _IN_A_NEW_PROCESS = textwrap.dedent(
     """
     import json, sys
