@@ -63,9 +63,15 @@ def optcompile_iteration(net: nn.Module, backend: str) -> Callable[[], None]:
 
 
 def optcompile_whole_step_iteration(
-    net: nn.Module, steps: int = INNER_STEPS, memory_budget: float | None = None
+    net: nn.Module,
+    steps: int = INNER_STEPS,
+    memory_budget: float | None = None,
+    options: dict | None = None,
 ) -> Callable[[], None]:
-    """The inner step (model, loss, inner gradient, Adam) compiled whole by ``@optcompile``."""
+    """The inner step (model, loss, inner gradient, Adam) compiled whole by ``@optcompile``.
+
+    ``memory_budget`` and ``options``: ``@optcompile``'s arguments of those names.
+    """
     from torch.func import grad
 
     import optcompile
@@ -76,7 +82,7 @@ def optcompile_whole_step_iteration(
     def loss(params, inputs, targets):
         return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
 
-    @optcompile.optcompile(memory_budget=memory_budget)
+    @optcompile.optcompile(memory_budget=memory_budget, options=options)
     def inner_step(params, state):
         grads = grad(loss)(params, x, y)
         updates, state = tx.update(grads, state, params=params, inplace=False)
@@ -252,6 +258,9 @@ IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
     "optcompile-whole-step": optcompile_whole_step_iteration,
     "optcompile-whole-step-budget-0.5": lambda net: optcompile_whole_step_iteration(
         net, memory_budget=0.5
+    ),
+    "optcompile-whole-step-cpp-wrapper": lambda net: optcompile_whole_step_iteration(
+        net, options={"cpp_wrapper": True}
     ),
     "optcompile-whole-loop": optcompile_whole_loop_iteration,
     "optcompile-meta-gradient": optcompile_meta_gradient_iteration,
