@@ -12,10 +12,11 @@ alternate, round-robin, between
   then the step, while the single process sleeps.
 
 Each process keeps to one role, as in real runs, because a process's history changes its speed:
-in an earlier version rank 0 ran both roles and rank 1 only the parallel one; rank 0's 8-task
-iterations had raised glibc's dynamic mmap threshold, rank 1 kept mapping and faulting in fresh
-pages for its tensors, and spent 15 ms (20%) more CPU time than rank 0 on the same work in 22
-of 31 rounds of one run, with rank 0 waiting for it in the all-reduce.
+in an earlier version rank 0 ran both roles and rank 1 only the parallel one, and in a run that
+recorded both ranks' CPU times rank 1 was slower than rank 0 on the same work in most rounds,
+with rank 0 waiting for it in the all-reduce; with glibc's allocator told to keep freed memory
+(``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``) the two ranks were even, so the
+allocators' states, set by what each process had run, made the difference.
 
 The throughput ratio is ``median(alone) / median(parallel)`` of the wall time per outer
 iteration (the single process's; rank 0's in parallel, where both end together); the target
