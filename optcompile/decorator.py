@@ -193,7 +193,7 @@ class _WholeStep:
         self.function = function
         self.backend = backend
         self.memory_budget = memory_budget
-        self.options = dict(options or {})
+        self.options = options  # checked by check_inductor_options; None: Inductor's defaults
         self._compiled: Callable[..., Any] | None = None
         self.calls = 0
 

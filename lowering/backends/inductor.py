@@ -305,7 +305,8 @@ def compile_graph(
     AOTAutograd's cache admits the graph even though it holds ``autograd.Function`` calls
     (every differentiable fused step is one). By default AOTAutograd bypasses its cache for
     them, and each new process then re-derives the joint forward/backward graph and re-runs
-    the partitioner: 1.5-2.5 s of a whole-step MAML's warm start here. Admitting them is safe
+    the partitioner: 1-2 s of a whole-step MAML's warm start here (``docs/benchmarks.md``,
+    section 5). Admitting them is safe
     because Dynamo traces a Function's forward and backward into subgraphs of ``gm`` and the
     cache key hashes ``gm`` with its subgraphs' code: a different rule, or a changed backward,
     is a different key. An explicit ``TORCHINDUCTOR_AUTOGRAD_CACHE_ALLOW_CUSTOM_AUTOGRAD``
