@@ -259,13 +259,13 @@ IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
     "optcompile-whole-step-budget-0.5": lambda net: optcompile_whole_step_iteration(
         net, memory_budget=0.5
     ),
-    "optcompile-whole-step-cpp-wrapper": lambda net: optcompile_whole_step_iteration(
-        net, options={"cpp_wrapper": True}
+    "optcompile-whole-step-python-wrapper": lambda net: optcompile_whole_step_iteration(
+        net, options={"cpp_wrapper": False}
     ),
     "optcompile-whole-loop": optcompile_whole_loop_iteration,
     "optcompile-meta-gradient": optcompile_meta_gradient_iteration,
-    "optcompile-meta-gradient-cpp-wrapper": lambda net: optcompile_meta_gradient_iteration(
-        net, options={"cpp_wrapper": True}
+    "optcompile-meta-gradient-python-wrapper": lambda net: optcompile_meta_gradient_iteration(
+        net, options={"cpp_wrapper": False}
     ),
     "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),
     "optcompile-eager": lambda net: optcompile_iteration(net, "eager"),

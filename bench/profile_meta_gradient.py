@@ -3,7 +3,8 @@
 ``python bench/profile_meta_gradient.py [HIDDEN] [OPTIONS_JSON]`` builds the meta-gradient
 contender of ``maml_problem.py`` (``@optcompile`` around ``torch.func.grad`` of the K-step
 unroll; H=256 by default, ~100k parameters), optionally with ``@optcompile(options=...)``
-given as JSON (e.g. ``'{"cpp_wrapper": true}'``), compiles it with Inductor's per-kernel
+given as JSON (e.g. ``'{"cpp_wrapper": false}'``: Inductor's Python wrapper instead of
+optcompile's CPU default, the C++ one), compiles it with Inductor's per-kernel
 profiling on (so each fused C++ kernel is an event of its own: a separate cache entry, and a
 cold compile of about a minute), then profiles 20 iterations on one thread and prints, per
 iteration:
@@ -12,14 +13,14 @@ iteration:
   (``aoti_torch_cpu_(add)mm_out`` from a C++ wrapper);
 - ``fused kernels``: Inductor's generated elementwise kernels;
 - ``graph wrapper``: the rest of the compiled graph's own time (the generated code that
-  allocates buffers and calls the kernels; ``cpp_wrapper`` replaces Python there by C++);
+  allocates buffers and calls the kernels: C++ by default, Python with ``cpp_wrapper`` off);
 - ``guard check``: Dynamo's check that the call may reuse the compiled graph;
 - ``other``: everything else (the bench's own Python, autograd bookkeeping).
 
 It then times ``torch.mm`` alone on the MLP's matmul shapes (GFLOP/s), for scale. A diagnostic,
-not a comparison: the profiler's own cost per event is in these times (with ``cpp_wrapper`` the
-graph measured slower here than without, while timed without the profiler, round-robin, it is
-faster); the ratios live in ``maml_ratios.py``.
+not a comparison: the profiler's own cost per event is in these times (with the C++ wrapper the
+graph measured slower here than with the Python one, while timed without the profiler,
+round-robin, it is faster); the ratios live in ``maml_ratios.py``.
 """
 
 from __future__ import annotations

@@ -232,16 +232,17 @@ def test_without_inductor_the_same_results_eagerly_with_one_warning(how, monkeyp
         torch.testing.assert_close(g, w, **TOL)
 
 
-def test_inductor_options_apply_to_the_forward_and_backward_graphs():
-    """cpp_wrapper (the documented speed option) gives eager's meta-gradients, and it is on
-    for both compiles: the backward's compile happens later, at the first outer backward."""
+@pytest.mark.parametrize(("cpp_wrapper", "expected"), [(None, True), (False, False)])
+def test_inductor_options_apply_to_the_forward_and_backward_graphs(cpp_wrapper, expected):
+    """On CPU the graphs run from Inductor's C++ wrapper unless ``options`` turn it off; either
+    way the meta-gradients are eager's, and the setting holds for both compiles: the
+    backward's happens later, at the first outer backward."""
     from torch._inductor import config
 
     seen = []
-    options = {
-        "cpp_wrapper": True,
-        "post_grad_custom_post_pass": lambda graph: seen.append(config.cpp_wrapper),
-    }
+    options = {"post_grad_custom_post_pass": lambda graph: seen.append(config.cpp_wrapper)}
+    if cpp_wrapper is not None:
+        options["cpp_wrapper"] = cpp_wrapper
     net, params, data = _problem()
     tx = optcompile.adam(0.1)
     plain = _make_step(net, tx)
@@ -249,7 +250,7 @@ def test_inductor_options_apply_to_the_forward_and_backward_graphs():
     want = _meta_gradient(plain, tx, net, params, data)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL)
-    assert seen == [True, True]  # the forward graph, then the backward graph
+    assert seen == [expected, expected]  # the forward graph, then the backward graph
     assert config.cpp_wrapper is False  # only inside optcompile's compiles
 
 
