@@ -3,12 +3,25 @@
 The same problem and implementations as ``bench/test_maml.py`` (``maml_problem.py``), without
 the memory workers: each contender is warmed up (compiled) twice, then all run round-robin for
 ROUNDS rounds on one thread; the medians of thread CPU time and wall time are printed with
-their ratios to the first contender. Run it several times for ranges; compare ratios only.
+their ratios to the first contender, and the median count of minor page faults per iteration.
+Run it several times for ranges; compare ratios only.
+
+glibc's allocator is first told to keep freed memory in the process (``mallopt``, as
+``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would): by default it returns the memory
+that an eager MAML iteration frees, so that the next iteration faults its pages in again
+(TorchOpt at ~1M parameters: about 14,000 faults and a quarter of its time per iteration), and
+how much it returns depends on what else the process ran: the eager contenders' times then
+moved by up to 1.9x with the set of contenders sharing the process. Keeping the memory takes
+that cost away from every contender, which favours the eager ones (the compiled graphs barely
+allocate). ``BENCH_MALLOC=default`` keeps glibc's defaults.
 Example: ``python bench/maml_ratios.py 256 31 optcompile-whole-step,torchopt-0.7.3``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import resource
 import statistics
 import sys
 import time
@@ -20,6 +33,7 @@ from maml_problem import IMPLEMENTATIONS, make_net, parameter_count
 
 def main() -> None:
     warnings.simplefilter("ignore")
+    allocator = "glibc defaults" if os.environ.get("BENCH_MALLOC") == "default" else _keep_freed()
     torch.set_num_threads(1)
     hidden, rounds, names = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     iterations = {name: IMPLEMENTATIONS[name](make_net(hidden)) for name in names}
@@ -30,18 +44,45 @@ def main() -> None:
         print(f"# {name}: warm-up {time.perf_counter() - start:.1f} s", flush=True)
     cpu: dict[str, list[float]] = {name: [] for name in names}
     wall: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[int]] = {name: [] for name in names}
     for _ in range(rounds):
         for name, iteration in iterations.items():
+            start_faults = _page_faults()
             start_cpu, start_wall = time.thread_time(), time.perf_counter()
             iteration()
             cpu[name].append(time.thread_time() - start_cpu)
             wall[name].append(time.perf_counter() - start_wall)
+            faults[name].append(_page_faults() - start_faults)
     ref_cpu, ref_wall = statistics.median(cpu[names[0]]), statistics.median(wall[names[0]])
-    print(f"{parameter_count(hidden)} parameters, {rounds} rounds, one thread")
+    print(f"{parameter_count(hidden)} parameters, {rounds} rounds, one thread, {allocator}")
     for name in names:
         c, w = statistics.median(cpu[name]), statistics.median(wall[name])
+        f = statistics.median(faults[name])
         print(f"{name:26s} cpu {c * 1e3:8.2f} ms  wall {w * 1e3:8.2f} ms  "
-              f"cpu x{c / ref_cpu:5.2f}  wall x{w / ref_wall:5.2f}", flush=True)  # fmt: skip
+              f"cpu x{c / ref_cpu:5.2f}  wall x{w / ref_wall:5.2f}  "
+              f"page faults {f:6.0f}", flush=True)  # fmt: skip
+
+
+def _keep_freed() -> str:
+    """Tell glibc's malloc never to hand freed memory back to the OS; say what was done."""
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "allocator unchanged (no glibc)"
+    if libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30):
+        return "glibc keeping freed memory"
+    return "allocator unchanged (mallopt refused)"
+
+
+def _page_faults() -> int:
+    """Minor page faults of this thread so far: memory the allocator got fresh from the OS.
+
+    An eager contender's time depends on how much of its memory glibc hands back to the OS
+    between iterations (each new page is then a fault), which depends on what else the process
+    has run: the count shows when that, rather than the contender's own work, moves a ratio.
+    """
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
 
 
 if __name__ == "__main__":
