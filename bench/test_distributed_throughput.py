@@ -23,8 +23,11 @@ iteration (the single process's; rank 0's in parallel, where both end together);
 on a 2-core host is 1.7x. On a host shared with other programs the wall
 time depends on how much of each core the processes get, so ``cpu_speedup`` also compares the
 busiest rank's CPU time (``time.thread_time``): the speed-up with both cores to themselves,
-communication waits excluded, and ``host_parallelism`` measures, in the same rounds, what the
-host gives two processes on fixed, perfectly parallel work (2.0 on two free cores). The overlap
+communication waits excluded, and ``host_compute`` and ``host_memory`` measure, in the same
+rounds, what the host gives two processes on fixed, perfectly parallel work (2.0 on two free
+cores with memory bandwidth to spare): compute-bound matmuls, and memory-bound passes over more
+data than the shared L3 cache holds. ``BENCH_TASK_SAMPLES`` (default 32) sets the samples per
+task's support and query sets: more samples, more matmul work per parameter. The overlap
 is shown by
 
 * ``finish_ms``: the time from the end of the outer backward's local work to the moment the
@@ -54,6 +57,7 @@ from _report import add_row
 META_BATCH = 8
 INNER_STEPS = 5
 HIDDEN = 256
+TASK_SAMPLES = int(os.environ.get("BENCH_TASK_SAMPLES", "32"))  # support and query, each
 ROUNDS = 31  # alone/parallel pairs, after one warm-up of each
 BUCKET_MB = 0.25
 
@@ -63,7 +67,10 @@ def _problem():
 
     net = make_net(HIDDEN)
     g = torch.Generator().manual_seed(2)
-    tasks = [tuple(torch.randn(32, d, generator=g) for d in (128, 10, 128, 10)) for _ in range(8)]
+    tasks = [
+        tuple(torch.randn(TASK_SAMPLES, d, generator=g) for d in (128, 10, 128, 10))
+        for _ in range(META_BATCH)
+    ]
     return net, tasks
 
 
@@ -83,15 +90,33 @@ def _outer_iteration(net, inner, states, outer, tasks, shard):
     outer.step()
 
 
-def _calibration() -> None:
-    """Fixed, perfectly parallel work (no communication): what the host gives two processes."""
+def _compute_calibration() -> None:
+    """Fixed, perfectly parallel, compute-bound work (matmuls in L2): what the host gives two
+    processes' arithmetic."""
     a = torch.full((256, 256), 0.01)
     for _ in range(100):
         a = torch.tanh(a @ a)
 
 
+_STREAM = torch.zeros(0)
+
+
+def _memory_calibration() -> None:
+    """Fixed, perfectly parallel, memory-bound work: passes over 64 MiB per process (two
+    processes' data, 128 MiB, is 4x the L3 cache): what the host gives two processes' memory
+    traffic."""
+    global _STREAM
+    if _STREAM.numel() == 0:
+        _STREAM = torch.zeros(16 * 2**20)
+    for _ in range(8):
+        _STREAM.add_(1.0)
+
+
+CALIBRATIONS = {"compute": _compute_calibration, "memory": _memory_calibration}
 SINGLE = 2  # the rank that runs the whole meta-batch; ranks 0 and 1 are the pair
-MODES = ("alone", "parallel", "calibration_alone", "calibration_parallel")
+MODES = ("alone", "parallel") + tuple(
+    f"{kind}_{side}" for kind in CALIBRATIONS for side in ("alone", "parallel")
+)
 
 
 def _worker(rank: int, world: int, port: int, queue) -> None:
@@ -127,8 +152,8 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
         runs_here = in_pair == mode.endswith("parallel")
         wall, cpu = time.perf_counter(), time.thread_time()
         if runs_here:
-            if mode.startswith("calibration"):
-                _calibration()
+            if mode not in ("alone", "parallel"):
+                CALIBRATIONS[mode.split("_")[0]]()
             else:
                 _outer_iteration(net, inner, states, outer, tasks, shard)
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
@@ -210,13 +235,14 @@ def test_data_parallel_maml_throughput_and_overlap():
             strict=True,
         )
     ]
-    calib = {
-        m: statistics.median(r["wall"] for r in rows if r["mode"] == f"calibration_{m}")
-        for m in ("alone", "parallel")
-    }
     # Each process does the same fixed work: on two free cores both finish in the time one
     # takes alone, i.e. 2.0x the throughput; a host shared with other programs gives less.
-    host_parallelism = 2 * calib["alone"] / calib["parallel"]
+    host = {
+        kind: 2
+        * statistics.median(r["wall"] for r in rows if r["mode"] == f"{kind}_alone")
+        / statistics.median(r["wall"] for r in rows if r["mode"] == f"{kind}_parallel")
+        for kind in CALIBRATIONS
+    }
     load = os.getloadavg()[0]
     for mode in ("alone", "parallel"):
         add_row(
@@ -236,13 +262,14 @@ def test_data_parallel_maml_throughput_and_overlap():
             speedup_min=min(ratios) if mode == "parallel" else 1.0,
             speedup_max=max(ratios) if mode == "parallel" else 1.0,
             cpu_speedup=med["alone"]["cpu"] / med[mode]["cpu"],
-            host_parallelism=host_parallelism,
+            host_compute=host["compute"],
+            host_memory=host["memory"],
             load_1min=load,
         )
     print(
         f"\nthroughput ratio (2 procs / 1 proc): {ratio:.2f}x median, "
         f"{min(ratios):.2f}-{max(ratios):.2f} per round; load average {load:.1f}; "
-        f"the host gives two processes {host_parallelism:.2f}x one process's throughput on "
-        f"perfectly parallel work"
+        f"the host gives two processes {host['compute']:.2f}x one process's throughput on "
+        f"compute-bound work, {host['memory']:.2f}x on memory-bound work"
     )
     assert ratio > 0.5  # a smoke bound; the target (1.7x) needs an otherwise idle 2-core host
