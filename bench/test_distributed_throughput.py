@@ -37,8 +37,11 @@ is shown by
   (``MetaGradientSync.last_wait_s``), against ``allreduce_ms``, one blocking all-reduce of the
   same bytes: the difference was hidden behind the backward.
 
-Results depend on what else runs on the machine: compare ratios within one run only. The inner
-steps run on the eager backend unless ``BENCH_BACKEND`` names another.
+Results depend on what else runs on the machine: compare ratios within one run only. Each task
+is adapted by K ``MetaAdam`` steps on the module, on the eager backend unless ``BENCH_BACKEND``
+names another; ``BENCH_FORM=whole-step`` adapts it instead by K functional Adam steps, each
+compiled whole by ``@optcompile`` (model, loss, inner gradient, update). At the end the bench
+checks that the pair's parameters are still equal.
 """
 
 from __future__ import annotations
@@ -74,17 +77,58 @@ def _problem():
     return net, tasks
 
 
-def _outer_iteration(net, inner, states, outer, tasks, shard):
+def _meta_adam_adaptation(net):
+    """The query loss of one task after K inner ``MetaAdam`` steps on the module."""
     import optcompile
 
-    losses = []
-    for index in shard:
-        x, y, xq, yq = tasks[index]
+    inner = optcompile.MetaAdam(net, lr=1e-3)
+    net_state = optcompile.extract_state_dict(net, by="reference")
+    inner_state = optcompile.extract_state_dict(inner, by="reference")
+
+    def query_loss(x, y, xq, yq):
         for _ in range(INNER_STEPS):
             inner.step(((net(x) - y) ** 2).mean())
-        losses.append(((net(xq) - yq) ** 2).mean())
-        optcompile.recover_state_dict(net, states[0])
-        optcompile.recover_state_dict(inner, states[1])
+        loss = ((net(xq) - yq) ** 2).mean()
+        optcompile.recover_state_dict(net, net_state)
+        optcompile.recover_state_dict(inner, inner_state)
+        return loss
+
+    return query_loss
+
+
+def _whole_step_adaptation(net):
+    """The query loss of one task after K functional Adam steps, each step (model, loss,
+    ``torch.func.grad``, update) compiled whole by ``@optcompile``."""
+    from torch.func import functional_call, grad
+
+    import optcompile
+
+    tx = optcompile.adam(lr=1e-3)
+
+    def loss(params, inputs, targets):
+        return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
+
+    @optcompile.optcompile
+    def inner_step(params, state, x, y):
+        updates, state = tx.update(grad(loss)(params, x, y), state, params=params, inplace=False)
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+    params = dict(net.named_parameters())
+
+    def query_loss(x, y, xq, yq):
+        fast, state = params, tx.init(params)
+        for _ in range(INNER_STEPS):
+            fast, state = inner_step(fast, state, x, y)
+        return loss(fast, xq, yq)
+
+    return query_loss
+
+
+ADAPTATIONS = {"meta-adam": _meta_adam_adaptation, "whole-step": _whole_step_adaptation}
+
+
+def _outer_iteration(query_loss, outer, tasks, shard):
+    losses = [query_loss(*tasks[index]) for index in shard]
     outer.zero_grad()
     shard.mean_loss(losses).backward()
     outer.step()
@@ -126,19 +170,16 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     from optcompile import distributed as od
 
     optcompile.set_default_backend(os.environ.get("BENCH_BACKEND", "eager"))
-    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=datetime.timedelta(60))
+    # Generous timeouts: with BENCH_FORM=whole-step the first round compiles in each process.
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=datetime.timedelta(300))
     dist.init_process_group(
-        "gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(60)
+        "gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(300)
     )
     pair = dist.new_group([0, 1])  # every rank takes part in creating it
     net, tasks = _problem()
     in_pair = rank != SINGLE
     sync = od.sync_meta_gradients(net, bucket_mb=BUCKET_MB, group=pair) if in_pair else None
-    inner = optcompile.MetaAdam(net, lr=1e-3)
-    states = (
-        optcompile.extract_state_dict(net, by="reference"),
-        optcompile.extract_state_dict(inner, by="reference"),
-    )
+    query_loss = ADAPTATIONS[os.environ.get("BENCH_FORM", "meta-adam")](net)
     outer = torch.optim.Adam(net.parameters(), lr=1e-3)
     shard = (
         od.shard_tasks(META_BATCH, rank=rank, world_size=2)
@@ -155,7 +196,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
             if mode not in ("alone", "parallel"):
                 CALIBRATIONS[mode.split("_")[0]]()
             else:
-                _outer_iteration(net, inner, states, outer, tasks, shard)
+                _outer_iteration(query_loss, outer, tasks, shard)
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
         if runs_here and rank in (0, SINGLE):
             store.set(key, "done")
@@ -178,10 +219,15 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
                     "exposed": sync.last_wait_s if synced else 0.0,
                 }
             )
-    # One blocking all-reduce of the same bytes over the pair, for scale.
-    blocking = []
+    # One blocking all-reduce of the same bytes over the pair, for scale; before it, how far
+    # the pair's parameters drifted apart (data-parallel training keeps them equal).
+    blocking, drift = [], torch.zeros((), dtype=torch.float64)
     if in_pair:
         flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        rank0 = flat.clone()
+        dist.broadcast(rank0, src=0, group=pair)
+        drift = (flat - rank0).abs().max().double()
+        dist.all_reduce(drift, op=dist.ReduceOp.MAX, group=pair)
         for _ in range(5):
             dist.barrier(group=pair)
             start = time.perf_counter()
@@ -193,7 +239,12 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
         # Each mode's rows come from one process, in round order: pairs line up by round.
         rows = [row for part in gathered for row in part]
         queue.put(
-            {"rows": rows, "allreduce": statistics.median(blocking), "buckets": len(sync.buckets)}
+            {
+                "rows": rows,
+                "allreduce": statistics.median(blocking),
+                "buckets": len(sync.buckets),
+                "drift": drift.item(),
+            }
         )
     dist.destroy_process_group()
 
@@ -272,4 +323,5 @@ def test_data_parallel_maml_throughput_and_overlap():
         f"the host gives two processes {host['compute']:.2f}x one process's throughput on "
         f"compute-bound work, {host['memory']:.2f}x on memory-bound work"
     )
+    assert result["drift"] == 0.0, f"the pair's parameters differ by {result['drift']}"
     assert ratio > 0.5  # a smoke bound; the target (1.7x) needs an otherwise idle 2-core host
