@@ -101,13 +101,13 @@ def optcompile(
             the peak of an outer iteration from 0.79x to 0.67-0.68x TorchOpt's for 3-7% more
             CPU time (``docs/benchmarks.md``, section 5).
         options: Inductor settings for the compiled function's graphs, forward and backward,
-            as ``torch.compile(options=...)`` takes them. ``{"cpp_wrapper": True}`` runs each
-            graph from generated C++ instead of generated Python: it pays where one graph
-            makes many kernel calls (the meta-gradient form: 6-10% less time per MAML
-            iteration at ~100k parameters, ``bench/maml_ratios.py``) and costs a longer cold
-            compile (the wrapper is compiled too). Only with ``backend`` ``"inductor"`` or
-            ``"auto"`` and no ``checkpoint_every``/``truncate``; an object-oriented loop
-            (a module or meta-optimizer argument) runs per-step kernels, which ignore them.
+            as ``torch.compile(options=...)`` takes them, over optcompile's defaults: on the
+            CPU, ``cpp_wrapper`` (each graph runs from generated C++ rather than generated
+            Python; it pays where one graph makes many kernel calls, and compiles faster:
+            ``docs/benchmarks.md``, section 2), which ``{"cpp_wrapper": False}`` turns off.
+            Only with ``backend`` ``"inductor"`` or ``"auto"`` and no
+            ``checkpoint_every``/``truncate``; an object-oriented loop (a module or
+            meta-optimizer argument) runs per-step kernels, which ignore them.
 
     Raises:
         ValueError: an unknown backend name, ``memory_budget`` outside ``(0, 1]``, an
