@@ -7,6 +7,9 @@ reports the medians of thread CPU time and of wall time and their ratios to
 pytest-benchmark records its rounds. Memory: peak growth of one iteration in a fresh worker
 process per configuration (``maml_problem.py``). Compare ratios across runs, never absolute
 times; run the file several times for ranges (``python -m pytest bench/test_maml.py -q -s``).
+This file keeps glibc's allocator defaults, under which the eager contenders' times at ~1M
+depend on what else the process ran (``maml_ratios.py`` explains); the ratios in the README and
+``docs/benchmarks.md`` come from ``maml_ratios.py``, which keeps freed memory for every contender.
 """
 
 import json
