@@ -98,7 +98,7 @@ def optcompile(
             fraction (in ``(0, 1]``) of the bytes it would save by default, and recomputes the
             rest in the backward (AOTAutograd's activation memory budget). ``None``: save
             everything the backward reads (fastest). MAML at ~1M parameters, K=5: 0.5 lowers
-            the peak of an outer iteration from 0.79x to 0.67-0.68x TorchOpt's for 3-7% more
+            the peak of an outer iteration from 0.80x to 0.67-0.69x TorchOpt's for 3-7% more
             CPU time (``docs/benchmarks.md``, section 5).
         options: Inductor settings for the compiled function's graphs, forward and backward,
             as ``torch.compile(options=...)`` takes them, over optcompile's defaults: on the
