@@ -331,7 +331,7 @@ def default_options(example_inputs: Sequence[Any]) -> dict[str, Any]:
     kernels. For a whole MAML meta-gradient at ~100k parameters (206 kernel and matmul calls
     per iteration) it compiled in less time, cold and warm (its kernels are built as one
     library rather than one per kernel), and ran as fast or slightly faster: -1% to +10% less
-    time per iteration over two series (``docs/benchmarks.md``, section 2). GPU graphs keep
+    time per iteration over three series (``docs/benchmarks.md``, section 2). GPU graphs keep
     Inductor's Python wrapper (not measured here).
     """
     on_cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, torch.Tensor))
