@@ -273,3 +273,14 @@ def test_disabled_backend_is_not_probed(monkeypatch):
         warnings.simplefilter("error")
         reason = backend.supports(adamw_like.kernel, torch.device("cpu"))
     assert reason == f"disabled by {DISABLE_ENV_VAR}"
+
+
+def test_cpu_graphs_default_to_the_cpp_wrapper_and_others_do_not():
+    """``compile_graph``'s defaults: the C++ wrapper where every tensor is on the CPU (non-tensor
+    inputs such as sizes do not count), Inductor's own defaults as soon as one is not."""
+    from optcompile.lowering.backends.inductor import default_options
+
+    cpu, meta = torch.zeros(3), torch.zeros(3, device="meta")
+    assert default_options([cpu, 4, cpu]) == {"cpp_wrapper": True}
+    assert default_options([cpu, meta]) == {}
+    assert default_options([meta]) == {}
