@@ -1,10 +1,13 @@
-"""Time ratios of the MAML contenders: ``python bench/maml_ratios.py HIDDEN ROUNDS A,B,...``.
+"""Time ratios of the MAML contenders: ``python bench/maml_ratios.py HIDDEN ROUNDS A,B,... [RUNS]``.
 
 The same problem and implementations as ``bench/test_maml.py`` (``maml_problem.py``), without
 the memory workers: each contender is warmed up (compiled) twice, then all run round-robin for
 ROUNDS rounds on one thread; the medians of thread CPU time and wall time are printed with
 their ratios to the first contender, and the median count of minor page faults per iteration.
-Run it several times for ranges; compare ratios only.
+With RUNS > 1 it does that RUNS times, each in a fresh process (a process's history changes its
+speed), then prints each contender's range over the runs of its time and of the ratios
+``reference / contender`` for the references in the list (TorchOpt, higher, ``torch.compile``
+Adam), each ratio taken within one run: the figures the docs quote. Compare ratios only.
 
 glibc's allocator is first told to keep freed memory in the process (``mallopt``, as
 ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would): by default it returns the memory
@@ -20,9 +23,11 @@ Example: ``python bench/maml_ratios.py 256 31 optcompile-whole-step,torchopt-0.7
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -30,12 +35,44 @@ import warnings
 import torch
 from maml_problem import IMPLEMENTATIONS, make_net, parameter_count
 
+REFERENCES = ("torchopt-0.7.3", "higher-0.2.1", "torch.compile-plain-adam")
+MEDIANS_TAG = "# medians-ms "
+
 
 def main() -> None:
+    runs = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    if runs > 1:
+        _ranges_over_runs(runs)
+    else:
+        _one_run(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(","))
+
+
+def _ranges_over_runs(runs: int) -> None:
+    """Run the bench ``runs`` times in fresh processes; print the ranges over the runs."""
+    medians = []
+    for run in range(runs):
+        print(f"# run {run + 1} of {runs}", flush=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:4]], capture_output=True, text=True, check=True
+        ).stdout
+        print(out, end="", flush=True)
+        tagged = [line for line in out.splitlines() if line.startswith(MEDIANS_TAG)]
+        medians.append(json.loads(tagged[-1][len(MEDIANS_TAG) :]))
+    print(f"ranges over {runs} runs (ms: median thread CPU time per iteration; ratios per run)")
+    for name in medians[0]:
+        times = [run[name] for run in medians]
+        line = f"{name:40s} {min(times):8.2f}-{max(times):.2f} ms"
+        for reference in REFERENCES:
+            if reference in medians[0] and reference != name:
+                ratios = [run[reference] / run[name] for run in medians]
+                line += f"  {reference} / it {min(ratios):.2f}-{max(ratios):.2f}x"
+        print(line)
+
+
+def _one_run(hidden: int, rounds: int, names: list[str]) -> None:
     warnings.simplefilter("ignore")
     allocator = "glibc defaults" if os.environ.get("BENCH_MALLOC") == "default" else _keep_freed()
     torch.set_num_threads(1)
-    hidden, rounds, names = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     iterations = {name: IMPLEMENTATIONS[name](make_net(hidden)) for name in names}
     for name, iteration in iterations.items():
         start = time.perf_counter()
@@ -61,6 +98,8 @@ def main() -> None:
         print(f"{name:26s} cpu {c * 1e3:8.2f} ms  wall {w * 1e3:8.2f} ms  "
               f"cpu x{c / ref_cpu:5.2f}  wall x{w / ref_wall:5.2f}  "
               f"page faults {f:6.0f}", flush=True)  # fmt: skip
+    cpu_ms = {name: 1e3 * statistics.median(cpu[name]) for name in names}
+    print(MEDIANS_TAG + json.dumps(cpu_ms), flush=True)
 
 
 def _keep_freed() -> str:
