@@ -44,20 +44,75 @@ def parameter_count(hidden: int) -> int:
     return sum(p.numel() for p in make_net(hidden).parameters())
 
 
-def optcompile_iteration(net: nn.Module, backend: str) -> Callable[[], None]:
+def meta_adam_adapter(
+    net: nn.Module, backend: str | None = None
+) -> tuple[Callable[..., None], Callable[[], None]]:
+    """``(adapt, restore)``: ``adapt(x, y)`` takes K inner ``MetaAdam`` steps on ``net`` in
+    place (``backend``: the steps' backend, ``None`` for the default); ``restore()`` puts back
+    ``net``'s initial weights and the optimizer's initial state (a loss of the adapted ``net``
+    keeps its graph to the initial weights, before or after the restore)."""
     import optcompile
 
-    x, y, xv, yv = make_data()
     optim = optcompile.MetaAdam(net, lr=1e-3, backend=backend)
     net_state = optcompile.extract_state_dict(net, by="reference")
     optim_state = optcompile.extract_state_dict(optim, by="reference")
 
-    def iteration() -> None:
+    def adapt(x: torch.Tensor, y: torch.Tensor) -> None:
         for _ in range(INNER_STEPS):
             optim.step(((net(x) - y) ** 2).mean())
-        ((net(xv) - yv) ** 2).mean().backward()
+
+    def restore() -> None:
         optcompile.recover_state_dict(net, net_state)
         optcompile.recover_state_dict(optim, optim_state)
+
+    return adapt, restore
+
+
+def whole_step_adapter(
+    net: nn.Module,
+    steps: int = INNER_STEPS,
+    memory_budget: float | None = None,
+    options: dict | None = None,
+) -> tuple[Callable[..., tuple], Callable[..., torch.Tensor]]:
+    """``(adapt, loss)``: ``adapt(x, y)`` returns the fast parameters and Adam state after
+    ``steps`` functional Adam steps from ``net``'s parameters, each inner step (model, loss,
+    inner gradient, update) compiled whole by ``@optcompile`` (``memory_budget``, ``options``:
+    its arguments); ``loss(params, inputs, targets)`` is the MSE of ``net`` with ``params``."""
+    from torch.func import grad
+
+    import optcompile
+
+    tx = optcompile.adam(lr=1e-3)
+
+    def loss(params, inputs, targets):
+        return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
+
+    @optcompile.optcompile(memory_budget=memory_budget, options=options)
+    def inner_step(params, state, x, y):
+        grads = grad(loss)(params, x, y)
+        updates, state = tx.update(grads, state, params=params, inplace=False)
+        return optcompile.apply_updates(params, updates, inplace=False), state
+
+    params = dict(net.named_parameters())
+
+    def adapt(x: torch.Tensor, y: torch.Tensor) -> tuple:
+        fast, state = params, tx.init(params)
+        for _ in range(steps):
+            fast, state = inner_step(fast, state, x, y)
+        return fast, state
+
+    return adapt, loss
+
+
+def optcompile_iteration(net: nn.Module, backend: str) -> Callable[[], None]:
+    """``MetaAdam`` on ``backend``: per-step fused kernels."""
+    adapt, restore = meta_adam_adapter(net, backend)
+    x, y, xv, yv = make_data()
+
+    def iteration() -> None:
+        adapt(x, y)
+        ((net(xv) - yv) ** 2).mean().backward()
+        restore()
 
     return iteration
 
@@ -68,32 +123,12 @@ def optcompile_whole_step_iteration(
     memory_budget: float | None = None,
     options: dict | None = None,
 ) -> Callable[[], None]:
-    """The inner step (model, loss, inner gradient, Adam) compiled whole by ``@optcompile``.
-
-    ``memory_budget`` and ``options``: ``@optcompile``'s arguments of those names.
-    """
-    from torch.func import grad
-
-    import optcompile
-
+    """The inner step (model, loss, inner gradient, Adam) compiled whole by ``@optcompile``."""
+    adapt, loss = whole_step_adapter(net, steps, memory_budget, options)
     x, y, xv, yv = make_data()
-    tx = optcompile.adam(lr=1e-3)
-
-    def loss(params, inputs, targets):
-        return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
-
-    @optcompile.optcompile(memory_budget=memory_budget, options=options)
-    def inner_step(params, state):
-        grads = grad(loss)(params, x, y)
-        updates, state = tx.update(grads, state, params=params, inplace=False)
-        return optcompile.apply_updates(params, updates, inplace=False), state
-
-    params = dict(net.named_parameters())
 
     def iteration() -> None:
-        fast, state = params, tx.init(params)
-        for _ in range(steps):
-            fast, state = inner_step(fast, state)
+        fast, state = adapt(x, y)  # both alive through the backward, as in a user's loop
         loss(fast, xv, yv).backward()
 
     return iteration

@@ -12,9 +12,9 @@ Adam), each ratio taken within one run: the figures the docs quote. Compare rati
 glibc's allocator is first told to keep freed memory in the process (``mallopt``, as
 ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would): by default it returns the memory
 that an eager MAML iteration frees, so that the next iteration faults its pages in again
-(TorchOpt at ~1M parameters: about 14,000 faults and a quarter of its time per iteration), and
-how much it returns depends on what else the process ran: the eager contenders' times then
-moved by up to 1.9x with the set of contenders sharing the process. Keeping the memory takes
+(thousands of faults per iteration for TorchOpt at ~1M parameters), and how much it returns
+depends on what else the process ran: the eager contenders' times then moved with the set of
+contenders sharing the process (``docs/benchmarks.md``, section 2). Keeping the memory takes
 that cost away from every contender, which favours the eager ones (the compiled graphs barely
 allocate). ``BENCH_MALLOC=default`` keeps glibc's defaults.
 Example: ``python bench/maml_ratios.py 256 31 optcompile-whole-step,torchopt-0.7.3``.
@@ -90,15 +90,15 @@ def _one_run(hidden: int, rounds: int, names: list[str]) -> None:
             cpu[name].append(time.thread_time() - start_cpu)
             wall[name].append(time.perf_counter() - start_wall)
             faults[name].append(_page_faults() - start_faults)
-    ref_cpu, ref_wall = statistics.median(cpu[names[0]]), statistics.median(wall[names[0]])
+    cpu_ms = {name: 1e3 * statistics.median(cpu[name]) for name in names}
+    wall_ms = {name: 1e3 * statistics.median(wall[name]) for name in names}
+    ref_cpu, ref_wall = cpu_ms[names[0]], wall_ms[names[0]]
     print(f"{parameter_count(hidden)} parameters, {rounds} rounds, one thread, {allocator}")
     for name in names:
-        c, w = statistics.median(cpu[name]), statistics.median(wall[name])
-        f = statistics.median(faults[name])
-        print(f"{name:26s} cpu {c * 1e3:8.2f} ms  wall {w * 1e3:8.2f} ms  "
+        c, w, f = cpu_ms[name], wall_ms[name], statistics.median(faults[name])
+        print(f"{name:26s} cpu {c:8.2f} ms  wall {w:8.2f} ms  "
               f"cpu x{c / ref_cpu:5.2f}  wall x{w / ref_wall:5.2f}  "
               f"page faults {f:6.0f}", flush=True)  # fmt: skip
-    cpu_ms = {name: 1e3 * statistics.median(cpu[name]) for name in names}
     print(MEDIANS_TAG + json.dumps(cpu_ms), flush=True)
 
 

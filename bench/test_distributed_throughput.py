@@ -47,6 +47,7 @@ checks that the pair's parameters are still equal.
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import os
 import statistics
@@ -56,6 +57,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _report import add_row
+from maml_problem import make_net, meta_adam_adapter, whole_step_adapter
 
 META_BATCH = 8
 INNER_STEPS = 5
@@ -66,8 +68,6 @@ BUCKET_MB = 0.25
 
 
 def _problem():
-    from maml_problem import make_net
-
     net = make_net(HIDDEN)
     g = torch.Generator().manual_seed(2)
     tasks = [
@@ -77,58 +77,25 @@ def _problem():
     return net, tasks
 
 
-def _meta_adam_adaptation(net):
-    """The query loss of one task after K inner ``MetaAdam`` steps on the module."""
-    import optcompile
+def _task_loss(net, form):
+    """``task_loss(x, y, xq, yq)``: one task's query loss after its inner adaptation; the
+    module is back at its initial weights when it returns (the loss keeps its graph to them)."""
+    if form == "whole-step":
+        adapt, loss = whole_step_adapter(net)
+        return lambda x, y, xq, yq: loss(adapt(x, y)[0], xq, yq)
+    adapt, restore = meta_adam_adapter(net, os.environ.get("BENCH_BACKEND", "eager"))
 
-    inner = optcompile.MetaAdam(net, lr=1e-3)
-    net_state = optcompile.extract_state_dict(net, by="reference")
-    inner_state = optcompile.extract_state_dict(inner, by="reference")
-
-    def query_loss(x, y, xq, yq):
-        for _ in range(INNER_STEPS):
-            inner.step(((net(x) - y) ** 2).mean())
+    def task_loss(x, y, xq, yq):
+        adapt(x, y)
         loss = ((net(xq) - yq) ** 2).mean()
-        optcompile.recover_state_dict(net, net_state)
-        optcompile.recover_state_dict(inner, inner_state)
+        restore()
         return loss
 
-    return query_loss
+    return task_loss
 
 
-def _whole_step_adaptation(net):
-    """The query loss of one task after K functional Adam steps, each step (model, loss,
-    ``torch.func.grad``, update) compiled whole by ``@optcompile``."""
-    from torch.func import functional_call, grad
-
-    import optcompile
-
-    tx = optcompile.adam(lr=1e-3)
-
-    def loss(params, inputs, targets):
-        return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
-
-    @optcompile.optcompile
-    def inner_step(params, state, x, y):
-        updates, state = tx.update(grad(loss)(params, x, y), state, params=params, inplace=False)
-        return optcompile.apply_updates(params, updates, inplace=False), state
-
-    params = dict(net.named_parameters())
-
-    def query_loss(x, y, xq, yq):
-        fast, state = params, tx.init(params)
-        for _ in range(INNER_STEPS):
-            fast, state = inner_step(fast, state, x, y)
-        return loss(fast, xq, yq)
-
-    return query_loss
-
-
-ADAPTATIONS = {"meta-adam": _meta_adam_adaptation, "whole-step": _whole_step_adaptation}
-
-
-def _outer_iteration(query_loss, outer, tasks, shard):
-    losses = [query_loss(*tasks[index]) for index in shard]
+def _outer_iteration(task_loss, outer, tasks, shard):
+    losses = [task_loss(*tasks[index]) for index in shard]
     outer.zero_grad()
     shard.mean_loss(losses).backward()
     outer.step()
@@ -142,18 +109,17 @@ def _compute_calibration() -> None:
         a = torch.tanh(a @ a)
 
 
-_STREAM = torch.zeros(0)
+@functools.cache
+def _stream() -> torch.Tensor:
+    return torch.zeros(16 * 2**20)  # 64 MiB, allocated once per process (untimed round 0)
 
 
 def _memory_calibration() -> None:
     """Fixed, perfectly parallel, memory-bound work: passes over 64 MiB per process (two
     processes' data, 128 MiB, is 4x the L3 cache): what the host gives two processes' memory
     traffic."""
-    global _STREAM
-    if _STREAM.numel() == 0:
-        _STREAM = torch.zeros(16 * 2**20)
     for _ in range(8):
-        _STREAM.add_(1.0)
+        _stream().add_(1.0)
 
 
 CALIBRATIONS = {"compute": _compute_calibration, "memory": _memory_calibration}
@@ -166,10 +132,8 @@ MODES = ("alone", "parallel") + tuple(
 def _worker(rank: int, world: int, port: int, queue) -> None:
     torch.set_num_threads(1)
     os.environ.update(GLOO_SOCKET_IFNAME="lo")
-    import optcompile
     from optcompile import distributed as od
 
-    optcompile.set_default_backend(os.environ.get("BENCH_BACKEND", "eager"))
     # Generous timeouts: with BENCH_FORM=whole-step the first round compiles in each process.
     store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=datetime.timedelta(300))
     dist.init_process_group(
@@ -179,7 +143,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     net, tasks = _problem()
     in_pair = rank != SINGLE
     sync = od.sync_meta_gradients(net, bucket_mb=BUCKET_MB, group=pair) if in_pair else None
-    query_loss = ADAPTATIONS[os.environ.get("BENCH_FORM", "meta-adam")](net)
+    task_loss = _task_loss(net, os.environ.get("BENCH_FORM", "meta-adam"))
     outer = torch.optim.Adam(net.parameters(), lr=1e-3)
     shard = (
         od.shard_tasks(META_BATCH, rank=rank, world_size=2)
@@ -196,7 +160,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
             if mode not in ("alone", "parallel"):
                 CALIBRATIONS[mode.split("_")[0]]()
             else:
-                _outer_iteration(query_loss, outer, tasks, shard)
+                _outer_iteration(task_loss, outer, tasks, shard)
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
         if runs_here and rank in (0, SINGLE):
             store.set(key, "done")
