@@ -20,7 +20,7 @@ iteration:
 It then times ``torch.mm`` alone on the MLP's matmul shapes (GFLOP/s), for scale. A diagnostic,
 not a comparison: the profiler's own cost per event is in these times (with the C++ wrapper the
 graph measured slower here than with the Python one, while timed without the profiler,
-round-robin, it is faster); the ratios live in ``maml_ratios.py``.
+round-robin, the two are within a few percent); the ratios live in ``maml_ratios.py``.
 """
 
 from __future__ import annotations

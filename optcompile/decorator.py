@@ -103,8 +103,8 @@ def optcompile(
         options: Inductor settings for the compiled function's graphs, forward and backward,
             as ``torch.compile(options=...)`` takes them, over optcompile's defaults: on the
             CPU, ``cpp_wrapper`` (each graph runs from generated C++ rather than generated
-            Python; it pays where one graph makes many kernel calls, and compiles faster:
-            ``docs/benchmarks.md``, section 2), which ``{"cpp_wrapper": False}`` turns off.
+            Python: about as fast to run, faster to compile, ``docs/benchmarks.md``, section
+            2), which ``{"cpp_wrapper": False}`` turns off.
             Only with ``backend`` ``"inductor"`` or ``"auto"`` and no
             ``checkpoint_every``/``truncate``; an object-oriented loop (a module or
             meta-optimizer argument) runs per-step kernels, which ignore them.
