@@ -2,9 +2,11 @@
 
 One outer iteration: K inner Adam steps (lr 1e-3, eps_root 0) of an MLP 128-H-H-10 with tanh on
 a 32-sample batch, then an MSE loss on 32 validation samples and its backward to the initial
-weights. Implementations: optcompile's MetaAdam on the inductor and eager backends;
-``torch.compile`` of a plain hand-written Adam step (backward derived by AOTAutograd) in a
-torch.func loop; TorchOpt's MetaAdam and higher's Adam when installed (extra ``bench``).
+weights. Implementations: optcompile's forms (``@optcompile`` on the functional step, the
+loop, the whole meta-gradient; the last also with plain SGD, the floor of that form), MetaAdam
+on the fused backends; ``torch.compile`` of a plain hand-written Adam step (backward derived by
+AOTAutograd) in a torch.func loop; a plain ``p - lr * g`` loop; TorchOpt's MetaAdam and
+higher's Adam when installed (extra ``bench``).
 
 Also runnable as a worker, ``python bench/maml_problem.py IMPL HIDDEN``, which prints the peak
 resident memory growth of one iteration (MiB) as JSON: memory is measured in a fresh process per
@@ -163,20 +165,22 @@ def optcompile_whole_loop_iteration(net: nn.Module, steps: int = INNER_STEPS) ->
 
 
 def optcompile_meta_gradient_iteration(
-    net: nn.Module, options: dict | None = None
+    net: nn.Module, options: dict | None = None, optimizer: str = "adam"
 ) -> Callable[[], None]:
     """The whole meta-gradient in one ``@optcompile`` function: ``torch.func.grad`` of K steps.
 
     One forward graph computes the meta-gradient (no autograd graph between steps); compiled
     per K, and its compile time grows with K (the loop is unrolled). ``options``: Inductor
-    settings (``@optcompile(options=...)``).
+    settings (``@optcompile(options=...)``). ``optimizer``: ``"adam"`` (the problem's), or
+    ``"sgd"``: plain SGD, the same model work with an update of one multiply-add per element,
+    so that the difference of the two is Adam's share of the compiled iteration.
     """
     from torch.func import grad
 
     import optcompile
 
     x, y, xv, yv = make_data()
-    tx = optcompile.adam(lr=1e-3)
+    tx = optcompile.adam(lr=1e-3) if optimizer == "adam" else optcompile.sgd(lr=1e-3)
 
     def loss(params, inputs, targets):
         return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
@@ -301,6 +305,9 @@ IMPLEMENTATIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
     "optcompile-meta-gradient": optcompile_meta_gradient_iteration,
     "optcompile-meta-gradient-python-wrapper": lambda net: optcompile_meta_gradient_iteration(
         net, options={"cpp_wrapper": False}
+    ),
+    "optcompile-meta-gradient-sgd": lambda net: optcompile_meta_gradient_iteration(
+        net, optimizer="sgd"
     ),
     "optcompile-inductor": lambda net: optcompile_iteration(net, "inductor"),
     "optcompile-eager": lambda net: optcompile_iteration(net, "eager"),
