@@ -161,6 +161,63 @@ def _data_parallel(rank: int, world: int) -> dict:
     }
 
 
+def _functional_meta_gradient(net: nn.Module, task) -> dict[str, torch.Tensor]:
+    """One task's meta-gradient as a value: ``torch.func.grad`` of K functional Adam steps."""
+    from torch.func import grad
+
+    return grad(_functional_task_loss, argnums=1)(net, _detached(net), task)
+
+
+def _functional_task_loss(net: nn.Module, params: dict, task) -> torch.Tensor:
+    from torch.func import functional_call, grad
+
+    x, y, xq, yq = task
+    tx = optcompile.adam(lr=0.05)
+
+    def loss(p, a, b):
+        return ((functional_call(net, p, (a,)) - b) ** 2).mean()
+
+    state = tx.init(params)
+    for _ in range(INNER_STEPS):
+        updates, state = tx.update(grad(loss)(params, x, y), state, params=params, inplace=False)
+        params = optcompile.apply_updates(params, updates, inplace=False)
+    return loss(params, xq, yq)
+
+
+def _detached(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in net.named_parameters()}
+
+
+def _functional(rank: int, world: int) -> dict:
+    """Meta-gradients computed as values, synchronised by ``sync.backward``."""
+    errors, hooks = {}, {}
+    for num_tasks in (3, 4):
+        tasks = _tasks(num_tasks)
+        # The reference: one process, an outer backward of the mean loss over all tasks.
+        if rank == 0:
+            reference = _net()
+            params = dict(reference.named_parameters())
+            torch.stack(
+                [_functional_task_loss(reference, params, t) for t in tasks]
+            ).mean().backward()
+            expected = [p.grad.clone() for p in reference.parameters()]
+        else:
+            expected = [torch.empty_like(p) for p in _net().parameters()]
+        for g in expected:
+            dist.broadcast(g, src=0)
+        shard = od.shard_tasks(num_tasks)
+        for as_mapping in (True, False):
+            net = _net()
+            with od.sync_meta_gradients(net, bucket_mb=1e-4) as sync:
+                mean = shard.mean_gradient(
+                    _functional_meta_gradient(net, t) for t in shard.select(tasks)
+                )
+                sync.backward(mean if as_mapping else list(mean.values()))
+                hooks[f"{num_tasks}/{as_mapping}"] = (list(sync.hook_calls), sync.syncs)
+            errors[f"{num_tasks}/{as_mapping}"] = _max_error(net.parameters(), expected)
+    return {"functional_errors": errors, "functional_hooks": hooks}
+
+
 def _ddp(rank: int, world: int) -> dict:
     net = _net()
     ddp = nn.parallel.DistributedDataParallel(net)
@@ -194,7 +251,12 @@ def _example(rank: int, world: int) -> dict:
 def _gloo_worker(rank: int, world: int) -> dict:
     optcompile.set_default_backend("eager")
     _init_gloo(rank, world)
-    result = {**_data_parallel(rank, world), **_ddp(rank, world), **_example(rank, world)}
+    result = {
+        **_data_parallel(rank, world),
+        **_functional(rank, world),
+        **_ddp(rank, world),
+        **_example(rank, world),
+    }
     dist.destroy_process_group()
     return result
 
@@ -226,6 +288,15 @@ def test_no_sync_accumulates_locally_then_sum_op_adds_the_ranks(gloo):
         assert result["sum_calls"] == [2] * 4
         assert result["syncs"] == (0, 1)
         assert result["sum_error"] < 1e-10
+
+
+def test_meta_gradients_computed_as_values_sync_like_an_outer_backward(gloo):
+    for rank, result in enumerate(gloo):
+        assert len(result["functional_errors"]) == 4
+        for case, error in result["functional_errors"].items():
+            assert error < 1e-10, f"rank {rank}, {case}: max |sync - one process| = {error}"
+        for case, (calls, syncs) in result["functional_hooks"].items():
+            assert calls == [1] * 4 and syncs == 1, case
 
 
 # --- DDP: the .module trap raises; the wrapper used through forward is exact ------------------
@@ -582,6 +653,33 @@ def test_a_backward_that_died_half_way_is_not_silently_continued(world_of_one):
     assert sync.hook_calls == [0, 0, 1, 1]  # the last layer's buckets went out
     with pytest.raises(RuntimeError, match="previous one's meta-gradient all-reduces"):
         net(x).sum().backward()
+
+
+def test_sync_backward_rejects_gradients_that_do_not_match_the_meta_parameters(world_of_one):
+    net = _net()
+    sync = od.sync_meta_gradients(net)
+    grads = {k: torch.zeros_like(v) for k, v in net.named_parameters()}
+    with pytest.raises(ValueError, match=r"missing \['2.bias'\], unknown \['2.b'\]"):
+        sync.backward({**{k: v for k, v in grads.items() if k != "2.bias"}, "2.b": grads["2.bias"]})
+    with pytest.raises(ValueError, match=r"gradients\['0.weight'\] has shape \(3, 5\)"):
+        sync.backward({**grads, "0.weight": torch.zeros(3, 5, dtype=torch.float64)})
+    with pytest.raises(ValueError, match=r"float32"):
+        sync.backward([g.float() for g in grads.values()])
+    with pytest.raises(ValueError, match=r"gradients has 3 tensors; there are 4"):
+        sync.backward(list(grads.values())[:3])
+    with pytest.raises(TypeError, match=r"a mapping of names to tensors or a sequence"):
+        sync.backward(torch.zeros(3))
+    with pytest.raises(TypeError, match=r"gradients\['0.bias'\] is a float"):
+        sync.backward([grads["0.weight"], 0.0, *list(grads.values())[2:]])
+    assert sync.hook_calls == [0] * 4 and all(p.grad is None for p in net.parameters())
+    by_tensors = od.sync_meta_gradients(list(net.parameters()))
+    with pytest.raises(TypeError, match=r"was given tensors, not a module"):
+        by_tensors.backward(grads)
+    shard = od.shard_tasks(2)
+    with pytest.raises(ValueError, match=r"gradients has 1 items; this shard has 2 tasks"):
+        shard.mean_gradient([grads])
+    with pytest.raises(ValueError, match=r"differ in structure"):
+        shard.mean_gradient([grads, {"0.weight": grads["0.weight"]}])
 
 
 def test_world_of_one_sync_is_the_local_gradient(world_of_one):

@@ -11,6 +11,8 @@ is not the mean over all tasks; :meth:`TaskShard.mean_loss` scales the local sum
     L_r = (W / N) * sum_{t in shard r} l_t,   so   (1/W) sum_r L_r = (1/N) sum_t l_t,
 
 which is what ``sync_meta_gradients(op="mean")`` (and DDP) average, for any remainder.
+:meth:`TaskShard.mean_gradient` applies the same scale to per-task meta-gradients computed as
+values (the functional forms), for ``MetaGradientSync.backward``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import optree
 import torch
 
 from optcompile.distributed.world import get_world_rank, get_world_size
@@ -73,6 +76,32 @@ class TaskShard:
                 f"losses has {len(losses)} items; this shard has {len(self.indices)} tasks"
             )
         return torch.stack(losses).sum() * (self.world_size / self.num_tasks)
+
+    def mean_gradient(self, gradients: Iterable[Any]) -> Any:
+        """``(world_size / num_tasks) * sum(gradients)``, leaf by leaf: what to synchronise.
+
+        ``gradients`` holds one meta-gradient per task of this shard, each a pytree of tensors
+        of one structure (the dict that ``torch.func.grad`` returns for a dict of parameters).
+        The result has that structure; averaged over ranks
+        (``MetaGradientSync.backward`` with ``op="mean"``) it is the gradient of the mean loss
+        over all tasks, as :meth:`mean_loss` gives for losses.
+
+        Raises:
+            ValueError: ``gradients`` does not hold one item per task of this shard, or the
+                items' structures differ.
+        """
+        gradients = list(gradients)
+        if len(gradients) != len(self.indices):
+            raise ValueError(
+                f"gradients has {len(gradients)} items; this shard has {len(self.indices)} tasks"
+            )
+        scale = self.world_size / self.num_tasks
+        try:
+            return optree.tree_map(
+                lambda *leaves: torch.stack(leaves).sum(0) * scale, *gradients, none_is_leaf=False
+            )
+        except ValueError as error:
+            raise ValueError(f"the per-task gradients differ in structure: {error}") from None
 
 
 def shard_tasks(

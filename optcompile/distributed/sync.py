@@ -19,6 +19,11 @@ engine callback) the remaining buckets are launched, every all-reduce is awaited
 is written into ``.grad``: when ``backward()`` returns, the gradients are synchronised and
 ``optimizer.step()`` can follow. With each rank's loss built by ``TaskShard.mean_loss``, the
 mean equals the gradient of one process's mean loss over all tasks.
+
+A meta-gradient that comes out of a function instead of an outer backward (``torch.func.grad``
+of the unrolled inner loop, compiled whole by ``@optcompile``) goes through the same hooks:
+:meth:`MetaGradientSync.backward` accumulates it into ``.grad`` with one autograd pass whose
+roots are the meta-parameters themselves.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,9 +46,15 @@ __all__ = ["MetaGradientSync", "sync_meta_gradients"]
 _OPS = ("mean", "sum")
 
 
-def _collect(module_or_params: nn.Module | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+def _collect(
+    module_or_params: nn.Module | Iterable[torch.Tensor],
+) -> tuple[list[torch.Tensor], list[str] | None]:
+    """The meta-parameters, and their names when they come from a module (else None)."""
+    names: list[str] | None = None
     if isinstance(module_or_params, nn.Module):
-        params = [p for p in module_or_params.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in module_or_params.named_parameters() if p.requires_grad]
+        names = [n for n, _ in named]
+        params = [p for _, p in named]
         what = f"module {type(module_or_params).__name__}"
     elif isinstance(module_or_params, torch.Tensor):
         raise TypeError(
@@ -73,7 +84,7 @@ def _collect(module_or_params: nn.Module | Iterable[torch.Tensor]) -> list[torch
         what = "module_or_params"
     if not params:
         raise ValueError(f"{what} has no tensor that requires grad: nothing to synchronise")
-    return params
+    return params, names
 
 
 def _buckets(params: list[torch.Tensor], cap_bytes: float) -> list[list[int]]:
@@ -99,6 +110,8 @@ class MetaGradientSync:
 
     Attributes:
         params: the meta-parameters, in registration order.
+        names: their names in the module (``named_parameters``), or None when
+            ``sync_meta_gradients`` was given tensors.
         buckets: per bucket, the indices into ``params`` it holds, in launch order.
         hook_calls: per meta-parameter, how many times its hook has fired.
         syncs: how many outer backward passes have been synchronised.
@@ -110,9 +123,16 @@ class MetaGradientSync:
     """
 
     def __init__(
-        self, params: list[torch.Tensor], *, op: str, group: Any, bucket_mb: float
+        self,
+        params: list[torch.Tensor],
+        *,
+        op: str,
+        group: Any,
+        bucket_mb: float,
+        names: list[str] | None = None,
     ) -> None:
         self.params = params
+        self.names = names
         self.op = op
         self.group = group
         self.world_size = dist.get_world_size(group)
@@ -224,6 +244,74 @@ class MetaGradientSync:
             self._active = False
             self._works = []
 
+    def backward(self, gradients: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> None:
+        """Accumulate meta-gradients computed without an outer backward into ``.grad``, synced.
+
+        For the functional forms, where the meta-gradient is what a function returns
+        (``torch.func.grad`` of the unrolled inner loop, compiled whole by ``@optcompile``)::
+
+            grads = shard.mean_gradient(meta_gradient(params, *task) for task in my_tasks)
+            sync.backward(grads)   # .grad = the mean over ranks, as after loss.backward()
+            optimizer.step()
+
+        One autograd pass whose roots are the meta-parameters, ``.grad += g`` for each, fires
+        the same hooks as an outer backward: the same buckets, the same all-reduce, and
+        ``no_sync()`` applies. Every rank must call it (or run an outer backward) in step.
+
+        Args:
+            gradients: one tensor per meta-parameter, the shape of that parameter: a mapping
+                from the names of ``module.named_parameters()`` (when the sync was made from a
+                module; what ``torch.func.grad`` of a function of
+                ``dict(module.named_parameters())`` returns) or a sequence in the order of
+                :attr:`params`.
+
+        Raises:
+            TypeError: ``gradients`` is neither a mapping nor a sequence, or holds a non-tensor.
+            ValueError: its names or count differ from the meta-parameters', or a tensor's
+                shape, dtype or device differs from its parameter's.
+        """
+        ordered = self._ordered(gradients)
+        for i, (p, g) in enumerate(zip(self.params, ordered, strict=True)):
+            where = f"gradients[{self.names[i]!r}]" if self.names else f"gradients[{i}]"
+            if not isinstance(g, torch.Tensor):
+                raise TypeError(f"{where} is a {type(g).__name__}, not a tensor")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise ValueError(
+                    f"{where} has shape {tuple(g.shape)}, {g.dtype} on {g.device}; its "
+                    f"meta-parameter has shape {tuple(p.shape)}, {p.dtype} on {p.device}"
+                )
+        torch.autograd.backward(self.params, grad_tensors=[g.detach() for g in ordered])
+
+    def _ordered(
+        self, gradients: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """``gradients`` as a list in the order of :attr:`params`."""
+        if isinstance(gradients, Mapping):
+            if self.names is None:
+                raise TypeError(
+                    "gradients is a mapping, but sync_meta_gradients was given tensors, not a "
+                    "module: pass the gradients as a sequence in the order of those tensors"
+                )
+            if set(gradients) != set(self.names):
+                missing = sorted(set(self.names) - set(gradients))
+                extra = sorted(set(gradients) - set(self.names))
+                raise ValueError(
+                    f"gradients must be keyed by the meta-parameters' names; missing {missing}, "
+                    f"unknown {extra}"
+                )
+            return [gradients[name] for name in self.names]
+        if isinstance(gradients, torch.Tensor) or not isinstance(gradients, Sequence):
+            raise TypeError(
+                f"gradients must be a mapping of names to tensors or a sequence of tensors, "
+                f"got {type(gradients).__name__}"
+            )
+        if len(gradients) != len(self.params):
+            raise ValueError(
+                f"gradients has {len(gradients)} tensors; there are {len(self.params)} "
+                f"meta-parameters"
+            )
+        return list(gradients)
+
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
         """Within this block, backward passes accumulate ``.grad`` locally, without communicating.
@@ -294,7 +382,7 @@ def sync_meta_gradients(
         or not (math.isfinite(bucket_mb) and bucket_mb > 0)
     ):
         raise ValueError(f"bucket_mb must be a positive number of MiB, got {bucket_mb!r}")
-    params = _collect(module_or_params)
+    params, names = _collect(module_or_params)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "sync_meta_gradients needs a process group: call "
@@ -315,4 +403,4 @@ def sync_meta_gradients(
         with torch.no_grad():
             for p in params:
                 dist.broadcast(p, src=broadcast_from, group=group)
-    return MetaGradientSync(params, op=op, group=group, bucket_mb=bucket_mb)
+    return MetaGradientSync(params, op=op, group=group, bucket_mb=bucket_mb, names=names)
