@@ -164,29 +164,30 @@ def optcompile_whole_loop_iteration(net: nn.Module, steps: int = INNER_STEPS) ->
     return iteration
 
 
-def optcompile_meta_gradient_iteration(
+def meta_gradient_adapter(
     net: nn.Module, options: dict | None = None, optimizer: str = "adam"
-) -> Callable[[], None]:
-    """The whole meta-gradient in one ``@optcompile`` function: ``torch.func.grad`` of K steps.
+) -> Callable[..., dict[str, torch.Tensor]]:
+    """``meta_gradient(params, x, y, xv, yv)``: one task's meta-gradient as a value.
 
-    One forward graph computes the meta-gradient (no autograd graph between steps); compiled
-    per K, and its compile time grows with K (the loop is unrolled). ``options``: Inductor
-    settings (``@optcompile(options=...)``). ``optimizer``: ``"adam"`` (the problem's), or
-    ``"sgd"``: plain SGD, the same model work with an update of one multiply-add per element,
-    so that the difference of the two is Adam's share of the compiled iteration.
+    ``torch.func.grad`` of the K-step unroll (inner steps on ``x, y``, loss on ``xv, yv``)
+    inside one ``@optcompile`` function: one forward graph computes the meta-gradient (no
+    autograd graph between steps); compiled per K, and its compile time grows with K (the loop
+    is unrolled). ``params``: a dict of detached tensors keyed like ``net.named_parameters()``.
+    ``options``: Inductor settings (``@optcompile(options=...)``). ``optimizer``: ``"adam"``
+    (the problem's), or ``"sgd"``: plain SGD, the same model work with an update of one
+    multiply-add per element, so that the difference of the two is Adam's share.
     """
     from torch.func import grad
 
     import optcompile
 
-    x, y, xv, yv = make_data()
     tx = optcompile.adam(lr=1e-3) if optimizer == "adam" else optcompile.sgd(lr=1e-3)
 
     def loss(params, inputs, targets):
         return ((functional_call(net, params, (inputs,)) - targets) ** 2).mean()
 
     @optcompile.optcompile(options=options)
-    def meta_gradient(params):
+    def meta_gradient(params, x, y, xv, yv):
         def outer(params):
             fast, state = params, tx.init(params)
             for _ in range(INNER_STEPS):
@@ -197,11 +198,21 @@ def optcompile_meta_gradient_iteration(
 
         return grad(outer)(params)
 
+    tx.init(dict(net.named_parameters()))  # builds the kernels outside the compiled function
+    return meta_gradient
+
+
+def optcompile_meta_gradient_iteration(
+    net: nn.Module, options: dict | None = None, optimizer: str = "adam"
+) -> Callable[[], None]:
+    """The whole meta-gradient in one ``@optcompile`` function (:func:`meta_gradient_adapter`),
+    added into ``.grad`` of ``net``'s parameters."""
+    meta_gradient = meta_gradient_adapter(net, options, optimizer)
+    data = make_data()
     parameters = dict(net.named_parameters())
-    tx.init(parameters)  # builds the kernels outside the compiled function
 
     def iteration() -> None:
-        gradients = meta_gradient({k: v.detach() for k, v in parameters.items()})
+        gradients = meta_gradient({k: v.detach() for k, v in parameters.items()}, *data)
         for k, p in parameters.items():
             p.grad = gradients[k] if p.grad is None else p.grad + gradients[k]
 

@@ -40,8 +40,12 @@ is shown by
 Results depend on what else runs on the machine: compare ratios within one run only. Each task
 is adapted by K ``MetaAdam`` steps on the module, on the eager backend unless ``BENCH_BACKEND``
 names another; ``BENCH_FORM=whole-step`` adapts it instead by K functional Adam steps, each
-compiled whole by ``@optcompile`` (model, loss, inner gradient, update). At the end the bench
-checks that the pair's parameters are still equal.
+compiled whole by ``@optcompile`` (model, loss, inner gradient, update);
+``BENCH_FORM=meta-gradient`` computes each task's meta-gradient as a value, ``torch.func.grad``
+of its K-step unroll compiled as one graph (``maml_problem.meta_gradient_adapter``), and
+synchronises the shard's mean with ``MetaGradientSync.backward``: no autograd graph is kept
+across tasks, and nothing overlaps the one all-reduce (``finish_ms`` is then all of it). At the
+end the bench checks that the pair's parameters are still equal.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _report import add_row
-from maml_problem import make_net, meta_adam_adapter, whole_step_adapter
+from maml_problem import make_net, meta_adam_adapter, meta_gradient_adapter, whole_step_adapter
 
 META_BATCH = 8
 INNER_STEPS = 5
@@ -94,11 +98,33 @@ def _task_loss(net, form):
     return task_loss
 
 
-def _outer_iteration(task_loss, outer, tasks, shard):
-    losses = [task_loss(*tasks[index]) for index in shard]
-    outer.zero_grad()
-    shard.mean_loss(losses).backward()
-    outer.step()
+def _outer_iteration_builder(net, form):
+    """``iteration(outer, tasks, shard, sync)``: the shard's tasks, their meta-gradient in
+    ``.grad`` (all-reduced by ``sync`` unless it is None), then the outer step."""
+    if form == "meta-gradient":
+        meta_gradient = meta_gradient_adapter(net)
+        params = dict(net.named_parameters())
+
+        def iteration(outer, tasks, shard, sync):
+            detached = {k: v.detach() for k, v in params.items()}
+            mean = shard.mean_gradient(meta_gradient(detached, *tasks[i]) for i in shard)
+            outer.zero_grad()
+            if sync is None:
+                torch.autograd.backward(list(params.values()), list(mean.values()))
+            else:
+                sync.backward(mean)
+            outer.step()
+
+        return iteration
+    task_loss = _task_loss(net, form)
+
+    def iteration(outer, tasks, shard, sync):
+        losses = [task_loss(*tasks[index]) for index in shard]
+        outer.zero_grad()
+        shard.mean_loss(losses).backward()
+        outer.step()
+
+    return iteration
 
 
 def _compute_calibration() -> None:
@@ -143,7 +169,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     net, tasks = _problem()
     in_pair = rank != SINGLE
     sync = od.sync_meta_gradients(net, bucket_mb=BUCKET_MB, group=pair) if in_pair else None
-    task_loss = _task_loss(net, os.environ.get("BENCH_FORM", "meta-adam"))
+    iteration = _outer_iteration_builder(net, os.environ.get("BENCH_FORM", "meta-adam"))
     outer = torch.optim.Adam(net.parameters(), lr=1e-3)
     shard = (
         od.shard_tasks(META_BATCH, rank=rank, world_size=2)
@@ -160,7 +186,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
             if mode not in ("alone", "parallel"):
                 CALIBRATIONS[mode.split("_")[0]]()
             else:
-                _outer_iteration(task_loss, outer, tasks, shard)
+                iteration(outer, tasks, shard, sync)
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
         if runs_here and rank in (0, SINGLE):
             store.set(key, "done")
