@@ -190,7 +190,7 @@ def _detached(net: nn.Module) -> dict[str, torch.Tensor]:
 
 def _functional(rank: int, world: int) -> dict:
     """Meta-gradients computed as values, synchronised by ``sync.backward``."""
-    errors, hooks = {}, {}
+    errors, hooks, unchanged = {}, {}, {}
     for num_tasks in (3, 4):
         tasks = _tasks(num_tasks)
         # The reference: one process, an outer backward of the mean loss over all tasks.
@@ -212,10 +212,19 @@ def _functional(rank: int, world: int) -> dict:
                 mean = shard.mean_gradient(
                     _functional_meta_gradient(net, t) for t in shard.select(tasks)
                 )
+                local = {k: v.clone() for k, v in mean.items()}
                 sync.backward(mean if as_mapping else list(mean.values()))
                 hooks[f"{num_tasks}/{as_mapping}"] = (list(sync.hook_calls), sync.syncs)
+                # The caller's gradients are read, never overwritten by the synchronised mean.
+                unchanged[f"{num_tasks}/{as_mapping}"] = all(
+                    torch.equal(mean[k], local[k]) for k in mean
+                )
             errors[f"{num_tasks}/{as_mapping}"] = _max_error(net.parameters(), expected)
-    return {"functional_errors": errors, "functional_hooks": hooks}
+    return {
+        "functional_errors": errors,
+        "functional_hooks": hooks,
+        "functional_inputs_unchanged": unchanged,
+    }
 
 
 def _ddp(rank: int, world: int) -> dict:
@@ -297,6 +306,7 @@ def test_meta_gradients_computed_as_values_sync_like_an_outer_backward(gloo):
             assert error < 1e-10, f"rank {rank}, {case}: max |sync - one process| = {error}"
         for case, (calls, syncs) in result["functional_hooks"].items():
             assert calls == [1] * 4 and syncs == 1, case
+        assert all(result["functional_inputs_unchanged"].values())
 
 
 # --- DDP: the .module trap raises; the wrapper used through forward is exact ------------------
