@@ -677,8 +677,9 @@ def test_sync_backward_rejects_gradients_that_do_not_match_the_meta_parameters(w
         sync.backward([g.float() for g in grads.values()])
     with pytest.raises(ValueError, match=r"gradients has 3 tensors; there are 4"):
         sync.backward(list(grads.values())[:3])
-    with pytest.raises(TypeError, match=r"a mapping of names to tensors or a sequence"):
-        sync.backward(torch.zeros(3))
+    for not_gradients in (torch.zeros(3), "abcd"):
+        with pytest.raises(TypeError, match=r"a mapping of names to tensors or a sequence"):
+            sync.backward(not_gradients)
     with pytest.raises(TypeError, match=r"gradients\['0.bias'\] is a float"):
         sync.backward([grads["0.weight"], 0.0, *list(grads.values())[2:]])
     assert sync.hook_calls == [0] * 4 and all(p.grad is None for p in net.parameters())

@@ -300,7 +300,7 @@ class MetaGradientSync:
                     f"unknown {extra}"
                 )
             return [gradients[name] for name in self.names]
-        if isinstance(gradients, torch.Tensor) or not isinstance(gradients, Sequence):
+        if isinstance(gradients, torch.Tensor | str | bytes) or not isinstance(gradients, Sequence):
             raise TypeError(
                 f"gradients must be a mapping of names to tensors or a sequence of tensors, "
                 f"got {type(gradients).__name__}"
