@@ -245,16 +245,29 @@ def _ddp(rank: int, world: int) -> dict:
 
 
 def _example(rank: int, world: int) -> dict:
-    # The example, end to end: two outer iterations on 2 ranks == on 1 process, same tasks.
+    # The example, end to end: two outer iterations on 2 ranks == on 1 process, same tasks, in
+    # both forms (the meta-gradient form uncompiled here: two cold compiles per rank are slow).
     example = _load_example("distributed_maml")
-    kw = {"outer_iterations": 2, "meta_batch": 3, "hidden": 8, "dtype": torch.float64}
-    losses, trained = example.train(**kw)
-    alone_losses, alone = example.train(rank=0, world_size=1, **kw)
-    example_error = max(
+    results = {}
+    for form in ("meta-adam", "meta-gradient"):
+        kw = {"outer_iterations": 2, "meta_batch": 3, "hidden": 8, "dtype": torch.float64}
+        kw.update(form=form, backend="eager")
+        losses, trained = example.train(**kw)
+        alone_losses, alone = example.train(rank=0, world_size=1, **kw)
+        error = max(
+            (a - b).abs().max().item()
+            for a, b in zip(trained.parameters(), alone.parameters(), strict=True)
+        )
+        results[form] = (error, losses, alone_losses, [p.detach() for p in trained.parameters()])
+    # The two forms compute the same MAML (Adam inner steps, lr 1e-2): same training.
+    forms_error = max(
         (a - b).abs().max().item()
-        for a, b in zip(trained.parameters(), alone.parameters(), strict=True)
+        for a, b in zip(results["meta-adam"][3], results["meta-gradient"][3], strict=True)
     )
-    return {"example_error": example_error, "example_losses": (losses, alone_losses)}
+    return {
+        "example": {form: result[:3] for form, result in results.items()},
+        "example_forms_error": forms_error,
+    }
 
 
 def _gloo_worker(rank: int, world: int) -> dict:
@@ -326,9 +339,10 @@ def test_plain_ddp_through_forward_equals_one_process(gloo):
 
 def test_example_distributed_maml_equals_one_process(gloo):
     for result in gloo:
-        assert result["example_error"] < 1e-10
-        losses, alone = result["example_losses"]
-        assert losses == pytest.approx(alone, rel=1e-10, abs=0)
+        for form, (error, losses, alone) in result["example"].items():
+            assert error < 1e-10, form
+            assert losses == pytest.approx(alone, rel=1e-10, abs=0), form
+        assert result["example_forms_error"] < 1e-10
 
 
 # --- faults: one rank raising in its inner loop fails every rank, nothing hangs ----------------
