@@ -5,9 +5,10 @@ the memory workers: each contender is warmed up (compiled) twice, then all run r
 ROUNDS rounds on one thread; the medians of thread CPU time and wall time are printed with
 their ratios to the first contender, and the median count of minor page faults per iteration.
 With RUNS > 1 it does that RUNS times, each in a fresh process (a process's history changes its
-speed), then prints each contender's range over the runs of its time and of the ratios
-``reference / contender`` for the references in the list (TorchOpt, higher, ``torch.compile``
-Adam), each ratio taken within one run: the figures the docs quote. Compare ratios only.
+speed) and with the contenders built in a rotated order, then prints each contender's range
+over the runs of its time and of the ratios ``reference / contender`` for the references in the
+list (TorchOpt, higher, ``torch.compile`` Adam), each ratio taken within one run: the figures
+the docs quote. Compare ratios only.
 With both ``optcompile-meta-gradient`` and ``optcompile-meta-gradient-sgd`` in the list it also
 prints Adam's share of the compiled iteration, ``1 - time(SGD) / time(Adam)``: the two differ
 only in the update rule, so the SGD form is the floor of any Adam in that form, and
@@ -53,18 +54,29 @@ def main() -> None:
 
 
 def _ranges_over_runs(runs: int) -> None:
-    """Run the bench ``runs`` times in fresh processes; print the ranges over the runs."""
+    """Run the bench ``runs`` times in fresh processes; print the ranges over the runs.
+
+    Run ``r`` builds the contenders in the list's order rotated by ``r``: where a contender
+    is built changes its speed (two builds of the same whole-step form measured a few per cent
+    apart, the later one faster, in either order), so rotating spreads that over the runs and
+    into the ranges instead of favouring the same contender every time.
+    """
+    names = sys.argv[3].split(",")
     medians = []
     for run in range(runs):
-        print(f"# run {run + 1} of {runs}", flush=True)
+        order = names[run % len(names) :] + names[: run % len(names)]
+        print(f"# run {run + 1} of {runs}: {','.join(order)}", flush=True)
         out = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:4]], capture_output=True, text=True, check=True
+            [sys.executable, __file__, sys.argv[1], sys.argv[2], ",".join(order)],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         print(out, end="", flush=True)
         tagged = [line for line in out.splitlines() if line.startswith(MEDIANS_TAG)]
         medians.append(json.loads(tagged[-1][len(MEDIANS_TAG) :]))
     print(f"ranges over {runs} runs (ms: median thread CPU time per iteration; ratios per run)")
-    for name in medians[0]:
+    for name in names:
         times = [run[name] for run in medians]
         line = f"{name:40s} {min(times):8.2f}-{max(times):.2f} ms"
         for reference in REFERENCES:
