@@ -46,14 +46,15 @@ MEDIANS_TAG = "# medians-ms "
 
 
 def main() -> None:
+    hidden, rounds, names = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
     runs = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     if runs > 1:
-        _ranges_over_runs(runs)
+        _ranges_over_runs(hidden, rounds, names, runs)
     else:
-        _one_run(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(","))
+        _one_run(int(hidden), int(rounds), names)
 
 
-def _ranges_over_runs(runs: int) -> None:
+def _ranges_over_runs(hidden: str, rounds: str, names: list[str], runs: int) -> None:
     """Run the bench ``runs`` times in fresh processes; print the ranges over the runs.
 
     Run ``r`` builds the contenders in the list's order rotated by ``r``: where a contender
@@ -61,13 +62,12 @@ def _ranges_over_runs(runs: int) -> None:
     apart, the later one faster, in either order), so rotating spreads that over the runs and
     into the ranges instead of favouring the same contender every time.
     """
-    names = sys.argv[3].split(",")
     medians = []
     for run in range(runs):
         order = names[run % len(names) :] + names[: run % len(names)]
         print(f"# run {run + 1} of {runs}: {','.join(order)}", flush=True)
         out = subprocess.run(
-            [sys.executable, __file__, sys.argv[1], sys.argv[2], ",".join(order)],
+            [sys.executable, __file__, hidden, rounds, ",".join(order)],
             capture_output=True,
             text=True,
             check=True,
@@ -80,11 +80,11 @@ def _ranges_over_runs(runs: int) -> None:
         times = [run[name] for run in medians]
         line = f"{name:40s} {min(times):8.2f}-{max(times):.2f} ms"
         for reference in REFERENCES:
-            if reference in medians[0] and reference != name:
+            if reference in names and reference != name:
                 ratios = [run[reference] / run[name] for run in medians]
                 line += f"  {reference} / it {min(ratios):.2f}-{max(ratios):.2f}x"
         print(line)
-    if ADAM in medians[0] and SGD in medians[0]:
+    if ADAM in names and SGD in names:
         shares = [_adam_share(run) for run in medians]
         print(f"Adam's share of the compiled iteration: {min(shares):.1%}-{max(shares):.1%}")
 

@@ -113,7 +113,7 @@ def _outer_iteration_builder(net, form):
             mean = shard.mean_gradient(meta_gradient(detached, *tasks[i]) for i in shard)
             outer.zero_grad()
             if sync is None:
-                torch.autograd.backward(list(params.values()), list(mean.values()))
+                torch.autograd.backward(list(params.values()), [mean[k] for k in params])
             else:
                 sync.backward(mean)
             outer.step()

@@ -165,7 +165,8 @@ def _functional_meta_gradient(net: nn.Module, task) -> dict[str, torch.Tensor]:
     """One task's meta-gradient as a value: ``torch.func.grad`` of K functional Adam steps."""
     from torch.func import grad
 
-    return grad(_functional_task_loss, argnums=1)(net, _detached(net), task)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    return grad(_functional_task_loss, argnums=1)(net, params, task)
 
 
 def _functional_task_loss(net: nn.Module, params: dict, task) -> torch.Tensor:
@@ -182,10 +183,6 @@ def _functional_task_loss(net: nn.Module, params: dict, task) -> torch.Tensor:
         updates, state = tx.update(grad(loss)(params, x, y), state, params=params, inplace=False)
         params = optcompile.apply_updates(params, updates, inplace=False)
     return loss(params, xq, yq)
-
-
-def _detached(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in net.named_parameters()}
 
 
 def _functional(rank: int, world: int) -> dict:

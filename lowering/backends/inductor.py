@@ -105,6 +105,7 @@ def _compile(fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Callable
 
     cache.configure()
     import torch._inductor
+
     detached = [t.detach() for t in inputs]
     # Internal warnings of the compiler stack are not the user's business, and under
     # ``filterwarnings = error`` they would turn a working compile into a fallback. A compile
@@ -330,9 +331,9 @@ def default_options(example_inputs: Sequence[Any]) -> dict[str, Any]:
     generated C++ rather than generated Python, which allocates the buffers and calls the
     kernels. For a whole MAML meta-gradient at ~100k parameters (206 kernel and matmul calls
     per iteration) it compiled in less time, cold and warm (its kernels are built as one
-    library rather than one per kernel), and ran as fast or slightly faster: -1% to +10% less
-    time per iteration over three series (``docs/benchmarks.md``, section 2). GPU graphs keep
-    Inductor's Python wrapper (not measured here).
+    library rather than one per kernel), and ran about as fast (``docs/benchmarks.md``,
+    section 2, "The C++ wrapper"). GPU graphs keep Inductor's Python wrapper (not measured
+    here).
     """
     on_cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, torch.Tensor))
     return {"cpp_wrapper": True} if on_cpu else {}

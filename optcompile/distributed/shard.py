@@ -17,6 +17,7 @@ values (the functional forms), for ``MetaGradientSync.backward``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -98,7 +99,9 @@ class TaskShard:
         scale = self.world_size / self.num_tasks
         try:
             return optree.tree_map(
-                lambda *leaves: torch.stack(leaves).sum(0) * scale, *gradients, none_is_leaf=False
+                lambda *leaves: functools.reduce(torch.add, leaves) * scale,
+                *gradients,
+                none_is_leaf=False,
             )
         except ValueError as error:
             raise ValueError(f"the per-task gradients differ in structure: {error}") from None
